@@ -1,0 +1,340 @@
+"""Opening a store file and keeping its schema current.
+
+The schema is versioned with sqlite-utils ``Migrations`` (the
+``_sqlite_migrations`` table). A store that records a migration this code does
+not know was written by a newer otel-delivery, and is refused rather than
+guessed at.
+
+Every timestamp is integer Unix milliseconds (``*_at_ms``); the ``v_*`` views
+show them as ISO-8601 text for people typing SQL.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from .exceptions import StoreCorruptError, StoreNotFoundError, StoreVersionError
+
+__all__ = ["SCHEMA_VERSION", "connect", "open_store", "schema_version"]
+
+MIGRATION_SET = "otel_delivery"
+migrations = Migrations(MIGRATION_SET)
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db.executescript(_INITIAL_SQL)
+
+
+@migrations()
+def m002_views(db: sqlite_utils.Database) -> None:
+    db.executescript(_VIEWS_SQL)
+
+
+KNOWN_MIGRATIONS = ("m001_initial", "m002_views")
+SCHEMA_VERSION = len(KNOWN_MIGRATIONS)
+
+_INITIAL_SQL = """
+CREATE TABLE writers (
+    id INTEGER PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    service TEXT,
+    started_at_ms INTEGER NOT NULL,
+    ended_at_ms INTEGER
+);
+
+CREATE TABLE inbound_messages (
+    id INTEGER PRIMARY KEY,
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    inbound_id TEXT,
+    channel TEXT,
+    sender TEXT,
+    conversation TEXT,
+    status TEXT NOT NULL,
+    error_type TEXT,
+    error_text TEXT,
+    received_at_ms INTEGER NOT NULL,
+    ended_at_ms INTEGER,
+    service TEXT
+);
+CREATE INDEX idx_inbound_inbound_id ON inbound_messages (inbound_id);
+CREATE INDEX idx_inbound_trace ON inbound_messages (trace_id);
+CREATE INDEX idx_inbound_received ON inbound_messages (received_at_ms);
+
+CREATE TABLE ai_runs (
+    id INTEGER PRIMARY KEY,
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    parent_span_id TEXT,
+    inbound_id TEXT,
+    channel TEXT,
+    agent TEXT,
+    model TEXT,
+    conversation TEXT,
+    status TEXT NOT NULL,
+    error_type TEXT,
+    error_text TEXT,
+    reply_produced INTEGER,
+    started_at_ms INTEGER NOT NULL,
+    ended_at_ms INTEGER,
+    duration_ms REAL,
+    service TEXT
+);
+CREATE INDEX idx_runs_trace ON ai_runs (trace_id);
+CREATE INDEX idx_runs_started ON ai_runs (started_at_ms);
+
+CREATE TABLE attempts (
+    id INTEGER PRIMARY KEY,
+    delivery_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    max_attempts INTEGER,
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    parent_span_id TEXT,
+    inbound_id TEXT,
+    channel TEXT,
+    recipient TEXT,
+    status TEXT NOT NULL,
+    error_type TEXT,
+    error_text TEXT,
+    failure_class TEXT,
+    final INTEGER,
+    started_at_ms INTEGER NOT NULL,
+    ended_at_ms INTEGER,
+    duration_ms REAL,
+    provider_message_id TEXT,
+    service TEXT,
+    writer_id INTEGER
+);
+CREATE UNIQUE INDEX idx_attempts_span ON attempts (span_id);
+CREATE INDEX idx_attempts_delivery ON attempts (delivery_id, attempt);
+CREATE INDEX idx_attempts_trace ON attempts (trace_id);
+CREATE INDEX idx_attempts_started ON attempts (started_at_ms);
+CREATE INDEX idx_attempts_status ON attempts (status, started_at_ms);
+
+CREATE TABLE enqueues (
+    id INTEGER PRIMARY KEY,
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    parent_span_id TEXT,
+    delivery_id TEXT,
+    inbound_id TEXT,
+    channel TEXT,
+    recipient TEXT,
+    status TEXT NOT NULL,
+    error_type TEXT,
+    error_text TEXT,
+    started_at_ms INTEGER NOT NULL,
+    ended_at_ms INTEGER,
+    service TEXT
+);
+CREATE INDEX idx_enqueues_trace ON enqueues (trace_id);
+CREATE INDEX idx_enqueues_status ON enqueues (status, started_at_ms);
+CREATE INDEX idx_enqueues_started ON enqueues (started_at_ms);
+
+CREATE TABLE drops (
+    reason TEXT PRIMARY KEY,
+    count INTEGER NOT NULL,
+    first_at_ms INTEGER NOT NULL,
+    last_at_ms INTEGER NOT NULL,
+    last_error TEXT
+);
+"""
+
+_VIEWS_SQL = """
+CREATE VIEW v_attempts AS
+SELECT
+    id, delivery_id, attempt, max_attempts, channel, recipient, status,
+    error_type, error_text, failure_class, final,
+    strftime('%Y-%m-%dT%H:%M:%fZ', started_at_ms / 1000.0, 'unixepoch') AS started_at,
+    strftime('%Y-%m-%dT%H:%M:%fZ', ended_at_ms / 1000.0, 'unixepoch') AS ended_at,
+    duration_ms, provider_message_id, trace_id, span_id, inbound_id, service
+FROM attempts;
+
+CREATE VIEW v_failures AS
+SELECT * FROM v_attempts WHERE status = 'failed' ORDER BY id DESC;
+
+CREATE VIEW v_deliveries AS
+SELECT
+    delivery_id,
+    COUNT(*) AS attempts,
+    MAX(channel) AS channel,
+    MAX(trace_id) AS trace_id,
+    CASE
+        WHEN SUM(status = 'delivered') > 0 THEN 'delivered'
+        WHEN SUM(status = 'failed' AND final = 1) > 0 THEN 'failed'
+        WHEN SUM(status IN ('started', 'interrupted')) > 0 THEN 'in_flight_or_interrupted'
+        ELSE 'will_retry'
+    END AS outcome,
+    strftime('%Y-%m-%dT%H:%M:%fZ', MIN(started_at_ms) / 1000.0, 'unixepoch') AS first_at,
+    strftime('%Y-%m-%dT%H:%M:%fZ', MAX(started_at_ms) / 1000.0, 'unixepoch') AS last_at
+FROM attempts
+GROUP BY delivery_id;
+
+CREATE VIEW v_undelivered AS
+SELECT
+    r.trace_id, r.inbound_id, r.channel, r.agent,
+    strftime('%Y-%m-%dT%H:%M:%fZ', r.ended_at_ms / 1000.0, 'unixepoch') AS reply_at,
+    (SELECT COUNT(*) FROM attempts a WHERE a.trace_id = r.trace_id) AS attempts
+FROM ai_runs r
+WHERE r.reply_produced = 1
+  AND NOT EXISTS (
+      SELECT 1 FROM attempts a WHERE a.trace_id = r.trace_id AND a.status = 'delivered'
+  );
+
+CREATE VIEW v_enqueue_failures AS
+SELECT
+    id, delivery_id, channel, recipient, error_type, error_text,
+    strftime('%Y-%m-%dT%H:%M:%fZ', started_at_ms / 1000.0, 'unixepoch') AS at,
+    trace_id, inbound_id, service
+FROM enqueues WHERE status = 'failed';
+
+CREATE VIEW v_drops AS
+SELECT
+    reason, count,
+    strftime('%Y-%m-%dT%H:%M:%fZ', first_at_ms / 1000.0, 'unixepoch') AS first_at,
+    strftime('%Y-%m-%dT%H:%M:%fZ', last_at_ms / 1000.0, 'unixepoch') AS last_at,
+    last_error
+FROM drops;
+"""
+
+# How long a connection waits for another writer before giving up. The
+# gateway's hot path uses a much shorter bound (see writer.py).
+DEFAULT_BUSY_TIMEOUT_SECONDS = 5.0
+
+
+def _create_private_file(path: Path) -> None:
+    """Create an empty file readable by its owner only.
+
+    SQLite creates the ``-wal`` and ``-shm`` files with the main file's mode,
+    so setting it here covers all three.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+
+
+def connect(
+    path: str | os.PathLike[str],
+    *,
+    readonly: bool = False,
+    busy_timeout_seconds: float = DEFAULT_BUSY_TIMEOUT_SECONDS,
+) -> sqlite3.Connection:
+    """A raw connection with our pragmas; the schema is not touched."""
+    p = Path(path)
+    if readonly:
+        conn = sqlite3.connect(
+            f"{p.resolve().as_uri()}?mode=ro",
+            uri=True,
+            timeout=busy_timeout_seconds,
+            check_same_thread=False,
+        )
+    else:
+        conn = sqlite3.connect(str(p), timeout=busy_timeout_seconds, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_seconds * 1000)}")
+        if not readonly:
+            conn.execute("PRAGMA synchronous = NORMAL")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise _corrupt(p, exc) from exc
+    return conn
+
+
+def _corrupt(path: Path, exc: BaseException) -> StoreCorruptError:
+    return StoreCorruptError(
+        f"{path} is not a readable otel-delivery store ({exc}); "
+        "move it aside and let the gateway create a new one"
+    )
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    """The number of our migrations applied to ``db`` (0 for an empty file).
+
+    Raises StoreVersionError when the file records migrations we do not know.
+    """
+    applied = [m.name for m in migrations.applied(db)]
+    unknown = [name for name in applied if name not in KNOWN_MIGRATIONS]
+    if unknown:
+        raise StoreVersionError(
+            f"this store was written by a newer otel-delivery (schema has {', '.join(unknown)}; "
+            f"this version knows up to {KNOWN_MIGRATIONS[-1]}): upgrade otel-delivery to read it"
+        )
+    return len(applied)
+
+
+def open_store(
+    path: str | os.PathLike[str],
+    *,
+    create: bool = False,
+    readonly: bool = False,
+    busy_timeout_seconds: float = DEFAULT_BUSY_TIMEOUT_SECONDS,
+) -> sqlite_utils.Database:
+    """Open (and with ``create=True``, create or upgrade) the store at ``path``.
+
+    >>> db = open_store("/tmp/deliveries.db", create=True)  # doctest: +SKIP
+    >>> db["attempts"].count  # doctest: +SKIP
+    0
+
+    Raises StoreNotFoundError, StoreCorruptError or StoreVersionError.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise StoreCorruptError(f"{p} is a directory, not a store file")
+    if not p.exists():
+        if not create:
+            raise StoreNotFoundError(
+                f"no store at {p}: run a gateway configured with otel_delivery.configure() "
+                "(or `otel-delivery demo`) first, or pass --store PATH"
+            )
+        _create_private_file(p)
+    conn = connect(p, readonly=readonly, busy_timeout_seconds=busy_timeout_seconds)
+    db = sqlite_utils.Database(conn, execute_plugins=False)
+    try:
+        version = schema_version(db)
+        if version < SCHEMA_VERSION:
+            if readonly or not create:
+                if version == 0:
+                    raise StoreCorruptError(
+                        f"{p} is not an otel-delivery store (no otel-delivery schema in it)"
+                    )
+                if readonly:
+                    # An older schema is still readable by the queries that exist in it;
+                    # upgrading needs a writer (any configured gateway does it).
+                    return db
+            _migrate(db)
+    except (StoreVersionError, StoreCorruptError):
+        conn.close()
+        raise
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise _corrupt(p, exc) from exc
+    return db
+
+
+def _migrate(db: sqlite_utils.Database) -> None:
+    tables = db.table_names()
+    if not tables:
+        # auto_vacuum only takes effect on a file with no tables yet, and it must
+        # precede WAL; prune relies on it to give space back incrementally.
+        db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    db.enable_wal()
+    # Two processes may create the same new store at once: the loser of the race
+    # sees "table already exists", and finds the schema complete when it looks again.
+    for attempt in range(5):
+        try:
+            migrations.apply(db)
+            return
+        except sqlite3.OperationalError:
+            if schema_version(db) >= SCHEMA_VERSION:
+                return
+            if attempt == 4:
+                raise

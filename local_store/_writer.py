@@ -1,0 +1,538 @@
+"""Writing rows into the store without ever hurting the caller.
+
+Two paths:
+
+* **Synchronous** (:meth:`StoreWriter.start_attempt`, :meth:`StoreWriter.end_attempt`):
+  a delivery attempt's row is committed before the send runs, and its outcome when
+  the send returns, so a crash leaves an ``interrupted`` row rather than nothing.
+  The caller waits for the store lock at most ``hot_path_timeout_seconds``; if the
+  store is locked, read-only, full or gone, the row goes to the background queue
+  instead (counted as ``deferred``) and the circuit stays open for
+  ``hot_path_cooldown_seconds`` so later calls do not pay the wait again.
+* **Batched** (:meth:`StoreWriter.submit`): everything else goes to a bounded
+  in-memory queue that a daemon thread writes with ``executemany``.
+
+Nothing raises into the caller. Rows that cannot be kept (queue full) are counted
+in the ``drops`` table by reason; so are write errors. Rows that fail to write stay
+queued and are retried, so a fault that clears within the queue bound loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ._ratelimit import RateLimitedLog
+from ._rescue import rescue_interrupted
+from ._schema import open_store
+
+__all__ = ["DEFAULT_MAX_QUEUE", "StoreWriter", "TABLE_COLUMNS"]
+
+_log = logging.getLogger("local_store")
+
+DEFAULT_MAX_QUEUE = 20_000
+DEFAULT_FLUSH_INTERVAL_SECONDS = 0.25
+DEFAULT_HOT_PATH_TIMEOUT_SECONDS = 0.05
+DEFAULT_HOT_PATH_COOLDOWN_SECONDS = 1.0
+_BATCH_SIZE = 1_000
+
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "inbound_messages": (
+        "trace_id", "span_id", "inbound_id", "channel", "sender", "conversation", "status",
+        "error_type", "error_text", "received_at_ms", "ended_at_ms", "service",
+    ),
+    "ai_runs": (
+        "trace_id", "span_id", "parent_span_id", "inbound_id", "channel", "agent", "model",
+        "conversation", "status", "error_type", "error_text", "reply_produced",
+        "started_at_ms", "ended_at_ms", "duration_ms", "service",
+    ),
+    "enqueues": (
+        "trace_id", "span_id", "parent_span_id", "delivery_id", "inbound_id", "channel",
+        "recipient", "status", "error_type", "error_text", "started_at_ms", "ended_at_ms",
+        "service",
+    ),
+    "attempts": (
+        "delivery_id", "attempt", "max_attempts", "trace_id", "span_id", "parent_span_id",
+        "inbound_id", "channel", "recipient", "status", "error_type", "error_text",
+        "failure_class", "final", "started_at_ms", "ended_at_ms", "duration_ms",
+        "provider_message_id", "service", "writer_id",
+    ),
+}
+
+_ATTEMPT_COLS = TABLE_COLUMNS["attempts"]
+_ATTEMPT_NO = _ATTEMPT_COLS.index("attempt")
+# The attempt number, when the caller does not know it, is one more than the
+# attempts already recorded for the delivery: derived from appended rows only.
+_ATTEMPT_VALUES = ", ".join(
+    "COALESCE(?, (SELECT COALESCE(MAX(attempt), 0) + 1 FROM attempts WHERE delivery_id = ?))"
+    if c == "attempt"
+    else "?"
+    for c in _ATTEMPT_COLS
+)
+_START_SQL = (
+    f"INSERT INTO attempts ({', '.join(_ATTEMPT_COLS)}) VALUES ({_ATTEMPT_VALUES}) "
+    "ON CONFLICT(span_id) DO NOTHING RETURNING attempt"
+)
+_OUTCOME_COLS = (
+    "status", "error_type", "error_text", "failure_class", "final", "ended_at_ms",
+    "duration_ms", "provider_message_id",
+)
+_END_SQL = (
+    f"INSERT INTO attempts ({', '.join(_ATTEMPT_COLS)}) VALUES ({_ATTEMPT_VALUES}) "
+    "ON CONFLICT(span_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _OUTCOME_COLS)
+)
+_INSERT_SQL = {
+    table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    for table, cols in TABLE_COLUMNS.items()
+    if table != "attempts"
+}
+_DROP_SQL = (
+    "INSERT INTO drops (reason, count, first_at_ms, last_at_ms, last_error) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(reason) DO UPDATE SET "
+    "count = count + excluded.count, last_at_ms = excluded.last_at_ms, "
+    "last_error = COALESCE(excluded.last_error, last_error)"
+)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _attempt_params(row: Mapping[str, Any]) -> list[Any]:
+    params: list[Any] = []
+    for c in _ATTEMPT_COLS:
+        params.append(row.get(c))
+        if c == "attempt":
+            params.append(row.get("delivery_id"))
+    return params
+
+
+# Writers alive in this process, so a fork can reset every one of them.
+_writers: weakref.WeakSet[StoreWriter] = weakref.WeakSet()
+# Connections inherited across fork must never be used or closed by the child
+# (closing could checkpoint or unlink the parent's WAL); keeping them referenced
+# here stops the garbage collector from closing them.
+_inherited_connections: list[sqlite3.Connection] = []
+
+
+def _after_fork_in_child() -> None:
+    for writer in list(_writers):
+        writer._reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class StoreWriter:
+    """Appends rows to one store file from any number of threads.
+
+    >>> w = StoreWriter("/tmp/deliveries.db", service="gateway")  # doctest: +SKIP
+    >>> n = w.start_attempt({"delivery_id": "d1", "trace_id": "...", "span_id": "...",
+    ...                      "status": "started", "started_at_ms": 0})  # doctest: +SKIP
+    >>> w.close()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        service: str | None = None,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        flush_interval_seconds: float = DEFAULT_FLUSH_INTERVAL_SECONDS,
+        hot_path_timeout_seconds: float = DEFAULT_HOT_PATH_TIMEOUT_SECONDS,
+        hot_path_cooldown_seconds: float = DEFAULT_HOT_PATH_COOLDOWN_SECONDS,
+    ) -> None:
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be at least 1, got {max_queue}")
+        if flush_interval_seconds <= 0:
+            raise ValueError(f"flush_interval_seconds must be > 0, got {flush_interval_seconds}")
+        if hot_path_timeout_seconds < 0:
+            raise ValueError(
+                f"hot_path_timeout_seconds must be >= 0, got {hot_path_timeout_seconds}"
+            )
+        self.path = Path(path)
+        self.service = service
+        self.max_queue = max_queue
+        self.flush_interval_seconds = flush_interval_seconds
+        self.hot_path_timeout_seconds = hot_path_timeout_seconds
+        self.hot_path_cooldown_seconds = hot_path_cooldown_seconds
+        self.writer_id: int | None = None
+        self._log = RateLimitedLog(_log)
+        self._closed = False
+        self._init_process_state()
+        _writers.add(self)
+        # Open (create, migrate) now so configuration errors such as a newer
+        # schema surface at start-up; a store that is merely unavailable is
+        # retried by the background thread.
+        self._hot_connection()
+
+    # -- state that must be fresh in every process -------------------------------
+
+    def _init_process_state(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()  # guards the hot connection
+        self._cond = threading.Condition()  # guards the queue and counters below
+        self._queue: deque[tuple[str, dict[str, Any]]] = deque()
+        self._hot_conn: sqlite3.Connection | None = None
+        self._hot_identity: tuple[int, int] | None = None
+        self._hot_open_until = 0.0  # monotonic time the hot path stays bypassed until
+        self._bg_conn: sqlite3.Connection | None = None
+        self._bg_identity: tuple[int, int] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self._flush_requests = 0
+        self._flushed_through = 0  # flush requests the thread has fully honoured
+        self._pending_drops: dict[str, list[Any]] = {}
+        self._totals: dict[str, int] = {}
+        self.writer_id = None
+
+    def _reset_after_fork(self) -> None:
+        for conn in (self._hot_conn, self._bg_conn):
+            if conn is not None:
+                _inherited_connections.append(conn)
+        # The parent writes what it had queued; the child starts empty.
+        self._init_process_state()
+
+    # -- connections ---------------------------------------------------------------
+
+    def _open(self, timeout_seconds: float) -> tuple[sqlite3.Connection, tuple[int, int]]:
+        db = open_store(self.path, create=True, busy_timeout_seconds=timeout_seconds)
+        st = os.stat(self.path)
+        conn = db.conn
+        if self.writer_id is None:
+            cur = conn.execute(
+                "INSERT INTO writers (pid, host, service, started_at_ms) VALUES (?, ?, ?, ?)",
+                (os.getpid(), socket.gethostname(), self.service, now_ms()),
+            )
+            self.writer_id = cur.lastrowid
+            conn.commit()
+            rescue_interrupted(conn)
+        return conn, (st.st_dev, st.st_ino)
+
+    def _file_replaced(self, identity: tuple[int, int] | None) -> bool:
+        """True when the path no longer names the file we have open (deleted, moved)."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return True
+        return identity != (st.st_dev, st.st_ino)
+
+    def _hot_connection(self) -> sqlite3.Connection | None:
+        """The caller-thread connection, or None while the circuit is open."""
+        if self._hot_conn is None:
+            if time.monotonic() < self._hot_open_until:
+                return None
+            try:
+                self._hot_conn, self._hot_identity = self._open(self.hot_path_timeout_seconds)
+            except Exception as exc:
+                self._trip(exc)
+                return None
+        return self._hot_conn
+
+    def _trip(self, exc: BaseException) -> None:
+        self._hot_open_until = time.monotonic() + self.hot_path_cooldown_seconds
+        self._log.warning(
+            "hot", "otel-delivery store %s unavailable on the hot path (%s); "
+            "rows go to the background queue", self.path, exc,
+        )
+        conn, self._hot_conn = self._hot_conn, None
+        if conn is not None:
+            try:
+                conn.rollback()
+                conn.close()
+            except Exception:  # noqa: BLE001 - the connection is already broken
+                pass
+
+    # -- synchronous attempt rows --------------------------------------------------
+
+    def start_attempt(self, row: Mapping[str, Any]) -> int | None:
+        """Commit the row of an attempt that is about to send; return its number.
+
+        Returns None when the row had to be deferred to the background queue (the
+        number is then derived when it is written).
+        """
+        row = dict(row)
+        row.setdefault("status", "started")
+        return self._sync_attempt(_START_SQL, row, returning=True)
+
+    def end_attempt(self, row: Mapping[str, Any]) -> None:
+        """Record an attempt's outcome (or the whole row, if its start was lost)."""
+        self._sync_attempt(_END_SQL, dict(row), returning=False)
+
+    def _sync_attempt(self, sql: str, row: dict[str, Any], *, returning: bool) -> int | None:
+        if self._closed:
+            self.count_drop("closed")
+            return None
+        if os.getpid() != self._pid:  # fork without register_at_fork (rare platforms)
+            self._reset_after_fork()
+        row.setdefault("service", self.service)
+        try:
+            with self._lock:
+                conn = self._hot_connection()
+                if conn is not None:
+                    row["writer_id"] = self.writer_id
+                    try:
+                        cur = conn.execute(sql, _attempt_params(row))
+                        result = cur.fetchone() if returning else None
+                        conn.commit()
+                        if result is not None:
+                            return int(result[0])
+                        return row.get("attempt")
+                    except Exception as exc:
+                        self._trip(exc)
+        except Exception as exc:  # noqa: BLE001 - never raise into the gateway
+            self._log.warning("hot-unexpected", "otel-delivery hot path failed: %r", exc)
+        with self._cond:
+            self._totals["deferred"] = self._totals.get("deferred", 0) + 1
+        self._enqueue("attempts:start" if returning else "attempts:end", row)
+        return None
+
+    # -- batched rows --------------------------------------------------------------
+
+    def submit(self, table: str, row: Mapping[str, Any]) -> None:
+        """Queue a row for the background writer. Never blocks, never raises."""
+        if table not in _INSERT_SQL:
+            raise ValueError(f"unknown table {table!r}; expected one of {sorted(_INSERT_SQL)}")
+        if self._closed:
+            self.count_drop("closed")
+            return
+        row = dict(row)
+        row.setdefault("service", self.service)
+        self._enqueue(table, row)
+
+    def _enqueue(self, kind: str, row: dict[str, Any]) -> None:
+        if os.getpid() != self._pid:
+            self._reset_after_fork()
+        with self._cond:
+            if len(self._queue) >= self.max_queue:
+                self._count_locked("queue_full", 1, None)
+                return
+            self._queue.append((kind, row))
+            if self._thread is None:
+                self._start_thread()
+            elif len(self._queue) >= _BATCH_SIZE:
+                self._cond.notify()
+
+    def count_drop(self, reason: str, n: int = 1, *, error: str | None = None) -> None:
+        """Count ``n`` records lost for ``reason`` (with the latest error text, if any).
+
+        Counts are kept in memory (:meth:`stats`) and added to the ``drops`` table by
+        the background thread, so they survive while the store is unavailable.
+        """
+        with self._cond:
+            self._count_locked(reason, n, error)
+            if self._thread is None and not self._closed:
+                self._start_thread()
+
+    def _count_locked(self, reason: str, n: int, error: str | None) -> None:
+        self._totals[reason] = self._totals.get(reason, 0) + n
+        t = now_ms()
+        pending = self._pending_drops.get(reason)
+        if pending is None:
+            self._pending_drops[reason] = [n, t, t, error]
+        else:
+            pending[0] += n
+            pending[2] = t
+            if error is not None:
+                pending[3] = error
+
+    def stats(self) -> dict[str, int]:
+        """Counters since this writer started.
+
+        Drop reasons (``queue_full``, ``closed``, ``lost_at_close``, and any the caller
+        counts) are records lost; ``deferred`` counts rows that skipped the hot path and
+        went through the queue; ``write_errors`` counts failed batch writes that were
+        kept for retry; ``queued`` is the queue length now.
+        """
+        with self._cond:
+            out = dict(self._totals)
+            out["queued"] = len(self._queue)
+        return out
+
+    # -- background thread -----------------------------------------------------------
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name="otel-delivery-store-writer", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        backoff = self.flush_interval_seconds
+        while True:
+            with self._cond:
+                if not self._stop and self._flush_requests == self._flushed_through:
+                    self._cond.wait(backoff)
+                stop = self._stop
+                target = self._flush_requests
+            ok = self._write_pending()
+            with self._cond:
+                if ok:
+                    self._flushed_through = target
+                    backoff = self.flush_interval_seconds
+                else:
+                    backoff = min(backoff * 2, 2.0)
+                self._cond.notify_all()
+                if stop:
+                    return
+
+    def _write_pending(self) -> bool:
+        """Write everything queued; True when the queue and drop counts are empty."""
+        while True:
+            with self._cond:
+                batch = [self._queue.popleft() for _ in range(min(_BATCH_SIZE, len(self._queue)))]
+                drops = self._pending_drops
+                self._pending_drops = {}
+            if not batch and not drops:
+                return True
+            try:
+                self._write_batch(batch, drops)
+            except Exception as exc:
+                with self._cond:
+                    # Put the rows back in order; counts merge with any new ones.
+                    self._queue.extendleft(reversed(batch))
+                    for reason, (n, first, last, err) in drops.items():
+                        cur = self._pending_drops.get(reason)
+                        if cur is None:
+                            self._pending_drops[reason] = [n, first, last, err]
+                        else:
+                            cur[0] += n
+                            cur[1] = min(cur[1], first)
+                    self._totals["write_errors"] = self._totals.get("write_errors", 0) + 1
+                self._log.warning(
+                    "bg", "otel-delivery cannot write to %s (%s); %d rows held for retry",
+                    self.path, exc, len(batch),
+                )
+                self._close_bg()
+                return False
+
+    def _write_batch(
+        self, batch: list[tuple[str, dict[str, Any]]], drops: dict[str, list[Any]]
+    ) -> None:
+        if self._bg_conn is not None and self._file_replaced(self._bg_identity):
+            self._close_bg()
+        if self._bg_conn is None:
+            self._bg_conn, self._bg_identity = self._open(5.0)
+        conn = self._bg_conn
+        by_kind: dict[str, list[dict[str, Any]]] = {}
+        for kind, row in batch:
+            by_kind.setdefault(kind, []).append(row)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for kind, rows in by_kind.items():
+                if kind == "attempts:start":
+                    conn.executemany(_START_SQL.replace(" RETURNING attempt", ""),
+                                     [_attempt_params(r) for r in rows])
+                elif kind == "attempts:end":
+                    conn.executemany(_END_SQL, [_attempt_params(r) for r in rows])
+                else:
+                    cols = TABLE_COLUMNS[kind]
+                    conn.executemany(_INSERT_SQL[kind], [tuple(r.get(c) for c in cols) for r in rows])
+            if drops:
+                conn.executemany(
+                    _DROP_SQL,
+                    [(reason, n, first, last, err) for reason, (n, first, last, err) in drops.items()
+                     if n or err],
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                conn.rollback()
+            except Exception:  # noqa: BLE001
+                pass
+            raise
+
+    def _close_bg(self) -> None:
+        conn, self._bg_conn = self._bg_conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+        # The hot path reopens too, so both follow a replaced or recreated file.
+        with self._lock:
+            if self._hot_conn is not None and self._file_replaced(self._hot_identity):
+                hot, self._hot_conn = self._hot_conn, None
+                try:
+                    hot.close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    # -- flush and close -------------------------------------------------------------
+
+    def flush(self, timeout_seconds: float = 5.0) -> bool:
+        """Write everything queued so far. True if it all reached the store in time."""
+        deadline = time.monotonic() + timeout_seconds
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                if not self._queue and not self._pending_drops:
+                    return True
+                if self._closed:
+                    return False
+                self._start_thread()
+            self._flush_requests += 1
+            target = self._flush_requests
+            self._cond.notify_all()
+            while self._flushed_through < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def close(self, timeout_seconds: float = 5.0) -> bool:
+        """Flush, mark this writer ended, and close. True if nothing was left behind."""
+        if self._closed:
+            return True
+        ok = self.flush(timeout_seconds)
+        with self._cond:
+            self._closed = True
+            self._stop = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(max(0.0, min(timeout_seconds, 1.0)))
+        with self._cond:
+            left = len(self._queue)
+        if left:
+            self._totals["lost_at_close"] = self._totals.get("lost_at_close", 0) + left
+            self._log.warning(
+                "close", "otel-delivery closed with %d rows not written to %s", left, self.path
+            )
+        with self._lock:
+            conn = self._hot_conn
+            if conn is not None and self.writer_id is not None:
+                try:
+                    t = now_ms()
+                    # Attempts of ours still open at shutdown never finished.
+                    conn.execute(
+                        "UPDATE attempts SET status = 'interrupted', ended_at_ms = ? "
+                        "WHERE writer_id = ? AND status = 'started'",
+                        (t, self.writer_id),
+                    )
+                    conn.execute(
+                        "UPDATE writers SET ended_at_ms = ? WHERE id = ?", (t, self.writer_id)
+                    )
+                    conn.commit()
+                except Exception:  # noqa: BLE001
+                    pass
+            for c in (self._hot_conn, self._bg_conn):
+                if c is not None:
+                    try:
+                        c.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+            self._hot_conn = None
+            self._bg_conn = None
+        return ok and left == 0

@@ -1,0 +1,40 @@
+"""The errors ``local_store`` raises. Each one says what to do next.
+
+All subclass :class:`StoreError`, so a caller (the CLI) can turn any of them
+into one line and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidArgumentError",
+    "QueryRefusedError",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreNotFoundError",
+    "StoreVersionError",
+]
+
+
+class StoreError(Exception):
+    """Base class for every error raised by ``local_store``."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """The store file does not exist (and we were asked not to create it)."""
+
+
+class StoreCorruptError(StoreError):
+    """The file exists but is not a readable otel-delivery store."""
+
+
+class StoreVersionError(StoreError):
+    """The store was written by a newer otel-delivery schema than this one knows."""
+
+
+class InvalidArgumentError(StoreError, ValueError):
+    """A query argument (duration, limit, grouping...) is out of range."""
+
+
+class QueryRefusedError(StoreError, ValueError):
+    """Read-only ``query`` was given SQL that would write, attach or change pragmas."""
