@@ -1,0 +1,669 @@
+"""The four decorators: ``inbound``, ``ai_run``, ``deliver`` and ``enqueue``.
+
+Each wraps a sync or async function or method in one span and returns exactly what
+the function returns, raising exactly what it raises. Names, attribute extractors
+and the span shape are worked out once, at decoration; a call pays for one span.
+No exception from instrumentation reaches the caller: if our side fails, the call
+runs plain and the failure is counted.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, overload
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+
+from . import _attributes as A
+from ._classify import Classifier, default_classifier, error_type_name
+from ._extract import Extractor, JunkValue, coerce_value, compile_extractor
+from ._propagation import (
+    correlation_from,
+    inject_into,
+    parent_from_carrier,
+    prior_attempt_links,
+    record_attempt,
+    with_correlation,
+)
+from ._state import Runtime, current, ratelimited_log
+
+__all__ = ["ai_run", "deliver", "enqueue", "inbound"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Decorator = Callable[[Callable[P, R]], Callable[P, R]]
+
+_NOT_SET: Any = object()
+
+
+@dataclass(frozen=True)
+class _Field:
+    """One per-call value a decorator accepts, and where it goes on the span."""
+
+    attribute: str
+    mirrors: tuple[str, ...] = ()  # semantic-convention attributes given the same value
+    as_int: bool = False
+    identifier: bool = True  # stored as text
+    pseudonymize: bool = False
+
+
+_FIELDS: dict[str, _Field] = {
+    "channel": _Field(A.CHANNEL),
+    "recipient": _Field(A.RECIPIENT, pseudonymize=True),
+    "sender": _Field(A.SENDER, pseudonymize=True),
+    "inbound_id": _Field(A.INBOUND_ID),
+    "delivery_id": _Field(A.DELIVERY_ID),
+    "attempt": _Field(A.ATTEMPT, as_int=True, identifier=False),
+    "max_attempts": _Field(A.MAX_ATTEMPTS, as_int=True, identifier=False),
+    "conversation": _Field(A.CONVERSATION),
+    "agent": _Field(A.GEN_AI_AGENT_NAME),
+    "model": _Field(A.GEN_AI_REQUEST_MODEL),
+}
+
+
+@dataclass(frozen=True)
+class _Kind:
+    name: str
+    operation: str  # span name prefix
+    span_kind: SpanKind
+    name_field: str  # the field whose value completes the span name
+    fields: tuple[str, ...]
+    static: tuple[tuple[str, str], ...]
+    mirrors: tuple[tuple[str, str], ...]  # (field, semconv attribute)
+    writes_carrier: bool
+
+
+_INBOUND = _Kind(
+    A.KIND_INBOUND, "process", SpanKind.CONSUMER, "channel",
+    ("channel", "sender", "inbound_id", "conversation"),
+    ((A.MESSAGING_OPERATION_TYPE, "process"), (A.MESSAGING_OPERATION_NAME, "process")),
+    (("channel", A.MESSAGING_SYSTEM), ("channel", A.MESSAGING_DESTINATION_NAME),
+     ("inbound_id", A.MESSAGING_MESSAGE_ID), ("conversation", A.MESSAGING_CONVERSATION_ID)),
+    writes_carrier=True,
+)
+_AI_RUN = _Kind(
+    A.KIND_AI_RUN, "invoke_agent", SpanKind.INTERNAL, "agent",
+    ("channel", "inbound_id", "conversation", "agent", "model"),
+    ((A.GEN_AI_OPERATION_NAME, "invoke_agent"),),
+    (("conversation", A.GEN_AI_CONVERSATION_ID),),
+    writes_carrier=True,
+)
+_DELIVER = _Kind(
+    A.KIND_DELIVER, "send", SpanKind.PRODUCER, "channel",
+    ("channel", "recipient", "inbound_id", "delivery_id", "attempt", "max_attempts",
+     "conversation"),
+    ((A.MESSAGING_OPERATION_TYPE, "send"), (A.MESSAGING_OPERATION_NAME, "send")),
+    (("channel", A.MESSAGING_SYSTEM), ("channel", A.MESSAGING_DESTINATION_NAME),
+     ("conversation", A.MESSAGING_CONVERSATION_ID)),
+    writes_carrier=False,
+)
+_ENQUEUE = _Kind(
+    A.KIND_ENQUEUE, "enqueue", SpanKind.PRODUCER, "channel",
+    ("channel", "recipient", "inbound_id", "delivery_id", "conversation"),
+    ((A.MESSAGING_OPERATION_TYPE, "create"), (A.MESSAGING_OPERATION_NAME, "enqueue")),
+    (("channel", A.MESSAGING_SYSTEM), ("channel", A.MESSAGING_DESTINATION_NAME),
+     ("conversation", A.MESSAGING_CONVERSATION_ID)),
+    writes_carrier=False,
+)
+# Correlation fields flow down the trace; later stages inherit them unless given.
+_CORRELATED = ("inbound_id", "channel", "conversation")
+
+
+def _count(rt: Runtime, reason: str, exc: BaseException | None = None) -> None:
+    detail = None
+    if exc is not None:
+        try:
+            detail = f"{type(exc).__name__}: {exc}"[:200]
+        except Exception:  # noqa: BLE001
+            detail = type(exc).__name__
+    rt.counters.add(reason, 1, detail)
+    ratelimited_log.warning(reason, "otel-delivery instrumentation problem (%s): %s", reason, detail)
+
+
+def _error_text(exc: BaseException, limit: int) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ still leaves the type
+        text = f"<unprintable {type(exc).__name__}>"
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    if len(text) > limit:
+        text = text[: max(0, limit - 1)] + "…"
+    return text
+
+
+def _default_message_id(result: Any) -> Any:
+    """The provider's id for a sent message, when the result exposes a usual one."""
+    if result is None:
+        return None
+    if isinstance(result, Mapping):
+        for key in ("message_id", "ts", "id"):
+            if key in result:
+                return result[key]
+        return None
+    return getattr(result, "message_id", None)
+
+
+def _default_reply_produced(result: Any) -> bool:
+    return result is not None and result != "" and result is not False
+
+
+class _Plan:
+    """Everything about a decorated function that does not change between calls."""
+
+    def __init__(
+        self,
+        kind: _Kind,
+        func: Callable[..., Any],
+        values: dict[str, Any],
+        *,
+        carrier: Any,
+        attributes: Mapping[str, Any] | None,
+        classifier: Classifier | None,
+        result_value: Callable[[Any], Any] | None,
+        failed_if: Callable[[Any], bool] | None,
+    ) -> None:
+        self.kind = kind
+        static: dict[str, Any] = {A.KIND: kind.name}
+        static.update(kind.static)
+        for key, value in (attributes or {}).items():
+            try:
+                static[str(key)] = coerce_value(value)
+            except JunkValue as exc:
+                raise TypeError(f"attributes[{key!r}]: {exc}") from None
+        self.static_values: dict[str, Any] = {}
+        self.extractors: list[tuple[str, Extractor]] = []
+        for field_name, spec in values.items():
+            if spec is None:
+                continue
+            extractor = compile_extractor(spec, func)
+            if extractor is None:
+                self.static_values[field_name] = spec
+            else:
+                self.extractors.append((field_name, extractor))
+        self.static_attributes = static
+        self.carrier = compile_extractor(carrier, func) if carrier is not None else None
+        if carrier is not None and self.carrier is None:
+            raise TypeError("carrier= takes arg('param.path') or a callable, not a fixed value")
+        self.classifier = classifier
+        self.result_value = result_value
+        self.failed_if = failed_if
+        qualname = getattr(func, "__qualname__", None) or type(func).__name__
+        self.code_function = str(qualname)
+
+    # -- per call ----------------------------------------------------------------------
+
+    def values_for(self, rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        raw: dict[str, Any] = dict(self.static_values)
+        for field_name, extractor in self.extractors:
+            try:
+                raw[field_name] = extractor(args, kwargs)
+            except Exception as exc:  # noqa: BLE001 - the user's extractor failed
+                _count(rt, "extractor_error", exc)
+        values: dict[str, Any] = {}
+        for field_name, value in raw.items():
+            spec = _FIELDS[field_name]
+            try:
+                clean = coerce_value(value, as_int=spec.as_int)
+            except JunkValue as exc:
+                _count(rt, "extractor_junk", exc)
+                continue
+            if clean is None:
+                continue
+            if spec.identifier:
+                clean = str(clean)
+                if spec.pseudonymize and rt.pseudonymize is not None:
+                    clean = rt.pseudonymize(clean)
+            values[field_name] = clean
+        return values
+
+    def begin(self, rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call | None:
+        carrier: Mapping[str, Any] | None = None
+        if self.carrier is not None:
+            try:
+                found = self.carrier(args, kwargs)
+            except Exception as exc:  # noqa: BLE001
+                _count(rt, "carrier_error", exc)
+                found = None
+            if isinstance(found, Mapping):
+                carrier = found
+            elif found is not None:
+                _count(rt, "carrier_not_mapping")
+        parent: Context | None = None
+        if carrier is not None:
+            try:
+                parent = parent_from_carrier(carrier)
+            except Exception as exc:  # noqa: BLE001
+                _count(rt, "carrier_error", exc)
+        ctx = parent if parent is not None else otel_context.get_current()
+
+        values = self.values_for(rt, args, kwargs)
+        corr = correlation_from(ctx, carrier)
+        for name in _CORRELATED:
+            if name in values:
+                corr[name] = str(values[name])
+            elif name in corr and name in self.kind.fields:
+                values[name] = corr[name]
+
+        attributes = dict(self.static_attributes)
+        for name, value in values.items():
+            attributes[_FIELDS[name].attribute] = value
+        for name, semconv in self.kind.mirrors:
+            if name in values:
+                attributes[semconv] = values[name]
+        suffix = values.get(self.kind.name_field)
+        span_name = f"{self.kind.operation} {suffix}" if suffix else self.kind.operation
+
+        links: list[Link] = []
+        if self.kind is _DELIVER:
+            links = prior_attempt_links(carrier, parent)
+        span = rt.tracer.start_span(
+            span_name,
+            context=ctx,
+            kind=self.kind.span_kind,
+            attributes=attributes,
+            links=links,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        new_ctx = trace.set_span_in_context(span, with_correlation(ctx, corr))
+        token = otel_context.attach(new_ctx)
+        if self.kind.writes_carrier and isinstance(carrier, MutableMapping):
+            try:
+                inject_into(carrier, new_ctx, corr)
+            except Exception as exc:  # noqa: BLE001
+                _count(rt, "carrier_error", exc)
+        return _Call(self, rt, span, token, carrier)
+
+
+class _Call:
+    """One decorated call in flight."""
+
+    __slots__ = ("carrier", "plan", "rt", "span", "token")
+
+    def __init__(
+        self, plan: _Plan, rt: Runtime, span: Span, token: object, carrier: Mapping[str, Any] | None
+    ) -> None:
+        self.plan = plan
+        self.rt = rt
+        self.span = span
+        self.token = token
+        self.carrier = carrier
+
+    def succeeded(self, result: Any) -> None:
+        try:
+            kind = self.plan.kind
+            if self.plan.failed_if is not None and self._reported_failure(result):
+                return
+            if kind is _DELIVER:
+                self.span.set_attribute(A.OUTCOME, "delivered")
+                self.span.set_attribute(A.FINAL, True)
+                self._record_message_id(result)
+            elif kind is _ENQUEUE:
+                self.span.set_attribute(A.OUTCOME, "ok")
+            elif kind is _AI_RUN:
+                produced = self._reply_produced(result)
+                if produced is not None:
+                    self.span.set_attribute(A.REPLY_PRODUCED, produced)
+        except Exception as exc:  # noqa: BLE001
+            _count(self.rt, "instrumentation_error", exc)
+        finally:
+            self._end()
+
+    def _reported_failure(self, result: Any) -> bool:
+        """The function returned normally but ``failed_if`` says it failed."""
+        try:
+            failed = bool(self.plan.failed_if(result)) if self.plan.failed_if else False
+        except Exception as exc:  # noqa: BLE001
+            _count(self.rt, "extractor_error", exc)
+            return False
+        if failed:
+            self._mark_failed("otel_delivery.ReportedFailure", "the call reported failure", None)
+        return failed
+
+    def _record_message_id(self, result: Any) -> None:
+        pick = self.plan.result_value or _default_message_id
+        try:
+            value = coerce_value(pick(result))
+        except Exception as exc:  # noqa: BLE001 - JunkValue or the user's extractor
+            _count(self.rt, "extractor_error", exc)
+            return
+        if value is not None:
+            self.span.set_attribute(A.PROVIDER_MESSAGE_ID, str(value))
+            self.span.set_attribute(A.MESSAGING_MESSAGE_ID, str(value))
+
+    def _reply_produced(self, result: Any) -> bool | None:
+        pick = self.plan.result_value or _default_reply_produced
+        try:
+            return bool(pick(result))
+        except Exception as exc:  # noqa: BLE001
+            _count(self.rt, "extractor_error", exc)
+            return None
+
+    def failed(self, exc: BaseException) -> None:
+        try:
+            self._mark_failed(error_type_name(exc), _error_text(exc, self.rt.error_text_limit), exc)
+        except Exception as inner:  # noqa: BLE001
+            _count(self.rt, "instrumentation_error", inner)
+        finally:
+            self._end()
+
+    def _mark_failed(self, error_type: str, text: str, exc: BaseException | None) -> None:
+        span = self.span
+        kind = self.plan.kind
+        interrupted = exc is not None and not isinstance(exc, Exception)
+        span.set_attribute(A.ERROR_TYPE, error_type)
+        span.set_attribute(A.ERROR_MESSAGE, text)
+        span.set_status(Status(StatusCode.ERROR, text))
+        span.add_event("exception", {"exception.type": error_type, "exception.message": text})
+        if kind is not _DELIVER:
+            span.set_attribute(A.OUTCOME, "failed")
+            return
+        span.set_attribute(A.OUTCOME, "interrupted" if interrupted else "failed")
+        failure_class = self._classify(exc) if exc is not None else "transient"
+        span.set_attribute(A.FAILURE_CLASS, failure_class)
+        final = self._final(failure_class)
+        if final is not None and not interrupted:
+            span.set_attribute(A.FINAL, final)
+
+    def _classify(self, exc: BaseException) -> str:
+        for classifier in (self.plan.classifier, self.rt.classifier):
+            if classifier is None:
+                continue
+            try:
+                verdict = classifier(exc)
+            except Exception as inner:  # noqa: BLE001
+                _count(self.rt, "classifier_error", inner)
+                continue
+            if verdict in ("permanent", "transient"):
+                return verdict
+        return default_classifier(exc)
+
+    def _final(self, failure_class: str) -> bool | None:
+        if failure_class == "permanent":
+            return True
+        attributes = getattr(self.span, "attributes", None) or {}
+        attempt = attributes.get(A.ATTEMPT)
+        limit = attributes.get(A.MAX_ATTEMPTS)
+        if isinstance(attempt, int) and isinstance(limit, int):
+            return attempt >= limit
+        return None
+
+    def _end(self) -> None:
+        try:
+            if self.plan.kind is _DELIVER and isinstance(self.carrier, MutableMapping):
+                record_attempt(self.carrier, self.span.get_span_context().span_id)
+        except Exception as exc:  # noqa: BLE001
+            _count(self.rt, "carrier_error", exc)
+        try:
+            self.span.end()
+        except Exception as exc:  # noqa: BLE001
+            _count(self.rt, "instrumentation_error", exc)
+        try:
+            otel_context.detach(self.token)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001
+            _count(self.rt, "instrumentation_error", exc)
+
+
+def _begin(plan: _Plan, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call | None:
+    try:
+        rt = current()
+        if not rt.enabled:
+            return None
+        return plan.begin(rt, args, kwargs)
+    except Exception as exc:  # noqa: BLE001 - the call still runs, plain
+        try:
+            _count(current(), "instrumentation_error", exc)
+        except Exception:  # noqa: BLE001
+            pass
+        return None
+
+
+def _wrap(plan_for: Callable[[Callable[..., Any]], _Plan], func: Any) -> Any:
+    if isinstance(func, (staticmethod, classmethod)):
+        return type(func)(_wrap(plan_for, func.__func__))
+    if not callable(func):
+        raise TypeError(f"otel_delivery decorators wrap functions, got {type(func).__name__}")
+    plan = plan_for(func)
+
+    if inspect.iscoroutinefunction(func):
+
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            call = _begin(plan, args, kwargs)
+            if call is None:
+                return await func(*args, **kwargs)
+            try:
+                result = await func(*args, **kwargs)
+            except BaseException as exc:
+                call.failed(exc)
+                raise
+            call.succeeded(result)
+            return result
+
+        wrapper: Any = async_wrapper
+    else:
+
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            call = _begin(plan, args, kwargs)
+            if call is None:
+                return func(*args, **kwargs)
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                call.failed(exc)
+                raise
+            call.succeeded(result)
+            return result
+
+        wrapper = sync_wrapper
+    functools.update_wrapper(wrapper, func)
+    return wrapper
+
+
+def _decorator(
+    kind: _Kind,
+    func: Any,
+    values: dict[str, Any],
+    **plan_kwargs: Any,
+) -> Any:
+    unknown = set(values) - set(kind.fields)
+    if unknown:  # pragma: no cover - the public signatures prevent it
+        raise TypeError(f"{kind.name} does not take {', '.join(sorted(unknown))}")
+
+    def plan_for(target: Callable[..., Any]) -> _Plan:
+        return _Plan(kind, target, values, **plan_kwargs)
+
+    if func is not None:
+        return _wrap(plan_for, func)
+    return lambda f: _wrap(plan_for, f)
+
+
+@overload
+def inbound(func: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def inbound(
+    *,
+    channel: Any = None,
+    sender: Any = None,
+    inbound_id: Any = None,
+    conversation: Any = None,
+    carrier: Any = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> Decorator[P, R]: ...
+def inbound(
+    func: Any = None,
+    /,
+    *,
+    channel: Any = None,
+    sender: Any = None,
+    inbound_id: Any = None,
+    conversation: Any = None,
+    carrier: Any = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> Any:
+    """Wrap the handler of one inbound message: a ``process {channel}`` CONSUMER span.
+
+    It starts the trace, or continues a W3C ``traceparent`` found in ``carrier``,
+    then writes its own context into ``carrier`` for the next stage:
+
+    >>> @inbound(channel="telegram", inbound_id=arg("msg.id"), carrier=arg("msg.meta"))
+    ... async def on_message(msg): ...  # doctest: +SKIP
+    """
+    values = dict(channel=channel, sender=sender, inbound_id=inbound_id, conversation=conversation)
+    return _decorator(
+        _INBOUND, func, values, carrier=carrier, attributes=attributes,
+        classifier=None, result_value=None, failed_if=None,
+    )
+
+
+@overload
+def ai_run(func: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def ai_run(
+    *,
+    agent: Any = None,
+    model: Any = None,
+    channel: Any = None,
+    inbound_id: Any = None,
+    conversation: Any = None,
+    carrier: Any = None,
+    reply_produced: Callable[[Any], bool] | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> Decorator[P, R]: ...
+def ai_run(
+    func: Any = None,
+    /,
+    *,
+    agent: Any = None,
+    model: Any = None,
+    channel: Any = None,
+    inbound_id: Any = None,
+    conversation: Any = None,
+    carrier: Any = None,
+    reply_produced: Callable[[Any], bool] | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> Any:
+    """Wrap the AI agent run: an ``invoke_agent {agent}`` span, child of the inbound span.
+
+    ``reply_produced(result)`` says whether the run produced a reply to deliver
+    (default: the result is not None, "" or False); a produced reply that is never
+    delivered shows up in ``otel-delivery undelivered``.
+
+    >>> @ai_run(agent="support-bot", carrier=arg("msg.meta"))
+    ... async def run_agent(msg): ...  # doctest: +SKIP
+    """
+    values = dict(
+        agent=agent, model=model, channel=channel, inbound_id=inbound_id, conversation=conversation
+    )
+    return _decorator(
+        _AI_RUN, func, values, carrier=carrier, attributes=attributes,
+        classifier=None, result_value=reply_produced, failed_if=None,
+    )
+
+
+@overload
+def deliver(func: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def deliver(
+    *,
+    channel: Any = None,
+    recipient: Any = None,
+    delivery_id: Any = None,
+    attempt: Any = None,
+    max_attempts: Any = None,
+    inbound_id: Any = None,
+    conversation: Any = None,
+    carrier: Any = None,
+    message_id: Callable[[Any], Any] | None = None,
+    failed_if: Callable[[Any], bool] | None = None,
+    classifier: Classifier | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> Decorator[P, R]: ...
+def deliver(
+    func: Any = None,
+    /,
+    *,
+    channel: Any = None,
+    recipient: Any = None,
+    delivery_id: Any = None,
+    attempt: Any = None,
+    max_attempts: Any = None,
+    inbound_id: Any = None,
+    conversation: Any = None,
+    carrier: Any = None,
+    message_id: Callable[[Any], Any] | None = None,
+    failed_if: Callable[[Any], bool] | None = None,
+    classifier: Classifier | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> Any:
+    """Wrap the function that makes **one** delivery attempt: a ``send {channel}`` span.
+
+    The attempt's row is committed to the local store before the function runs. A
+    normal return means delivered (``message_id(result)`` picks the provider's id;
+    by default ``result.message_id`` or a ``message_id``/``ts``/``id`` key); an
+    exception means failed, classified permanent or transient. Without ``attempt``,
+    the number is derived from the attempts already stored for ``delivery_id``.
+
+    >>> @deliver(channel="slack", delivery_id=arg("job.id"), max_attempts=5,
+    ...          carrier=arg("job.trace"))
+    ... def send(job): ...  # doctest: +SKIP
+    """
+    values = dict(
+        channel=channel, recipient=recipient, delivery_id=delivery_id, attempt=attempt,
+        max_attempts=max_attempts, inbound_id=inbound_id, conversation=conversation,
+    )
+    return _decorator(
+        _DELIVER, func, values, carrier=carrier, attributes=attributes,
+        classifier=classifier, result_value=message_id, failed_if=failed_if,
+    )
+
+
+@overload
+def enqueue(func: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def enqueue(
+    *,
+    channel: Any = None,
+    recipient: Any = None,
+    delivery_id: Any = None,
+    inbound_id: Any = None,
+    conversation: Any = None,
+    carrier: Any = None,
+    failed_if: Callable[[Any], bool] | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> Decorator[P, R]: ...
+def enqueue(
+    func: Any = None,
+    /,
+    *,
+    channel: Any = None,
+    recipient: Any = None,
+    delivery_id: Any = None,
+    inbound_id: Any = None,
+    conversation: Any = None,
+    carrier: Any = None,
+    failed_if: Callable[[Any], bool] | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> Any:
+    """Wrap the function that puts a reply on the gateway's delivery queue.
+
+    A failure is recorded as an enqueue failure even when the gateway catches and
+    swallows the exception (``.catch(() => null)``); ``failed_if(result)`` also marks
+    a failure the function reports by returning, say, None.
+
+    >>> @enqueue(channel=arg("reply.channel"))
+    ... def enqueue_reply(reply): ...  # doctest: +SKIP
+    """
+    values = dict(
+        channel=channel, recipient=recipient, delivery_id=delivery_id, inbound_id=inbound_id,
+        conversation=conversation,
+    )
+    return _decorator(
+        _ENQUEUE, func, values, carrier=carrier, attributes=attributes,
+        classifier=None, result_value=None, failed_if=failed_if,
+    )

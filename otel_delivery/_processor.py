@@ -1,0 +1,179 @@
+"""The span processor that mirrors our spans into the local store.
+
+This is the one module that knows both the span shape (``_attributes``) and the
+row shape (``local_store``). A deliver span's row is committed in ``on_start``,
+before the send runs, and its outcome in ``on_end``; inbound, AI-run and enqueue
+rows are handed to the store's background writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import StatusCode, format_span_id, format_trace_id
+
+from local_store import StoreWriter
+
+from . import _attributes as A
+from ._state import Counters
+
+__all__ = ["StoreSpanProcessor"]
+
+_NS_PER_MS = 1_000_000
+
+
+def _ms(ns: int | None) -> int | None:
+    return None if ns is None else ns // _NS_PER_MS
+
+
+def _duration_ms(span: ReadableSpan) -> float | None:
+    if span.start_time is None or span.end_time is None:
+        return None
+    return (span.end_time - span.start_time) / _NS_PER_MS
+
+
+def _bool(value: Any) -> int | None:
+    return None if value is None else int(bool(value))
+
+
+class StoreSpanProcessor(SpanProcessor):
+    """Mirror ``otel_delivery`` spans into a :class:`local_store.StoreWriter`.
+
+    Spans from other instrumentations pass through untouched. Nothing here raises:
+    a failure is counted in ``counters`` and the span goes on to the other processors.
+    """
+
+    def __init__(self, writer: StoreWriter, counters: Counters | None = None) -> None:
+        self.writer = writer
+        self.counters = counters or Counters()
+        self._active = True
+
+    # -- SpanProcessor -----------------------------------------------------------------
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if not self._active:
+            return
+        try:
+            attributes = span.attributes or {}
+            if attributes.get(A.KIND) != A.KIND_DELIVER:
+                return
+            ctx = span.get_span_context()
+            row = self._attempt_row(span, attributes, ctx.trace_id, ctx.span_id)
+            if A.DELIVERY_ID not in attributes:
+                # Without a delivery id each call is a delivery of its own.
+                span.set_attribute(A.DELIVERY_ID, row["delivery_id"])
+            number = self.writer.start_attempt(row)
+            if number is not None and A.ATTEMPT not in attributes:
+                span.set_attribute(A.ATTEMPT, number)
+        except Exception as exc:  # noqa: BLE001
+            self.counters.add("processor_error", 1, repr(exc)[:200])
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if not self._active:
+            return
+        try:
+            attributes = span.attributes or {}
+            kind = attributes.get(A.KIND)
+            if kind is None:
+                return
+            ctx = span.get_span_context()
+            if ctx is None:
+                return
+            if kind == A.KIND_DELIVER:
+                self.writer.end_attempt(self._attempt_row(span, attributes, ctx.trace_id, ctx.span_id))
+            elif kind == A.KIND_INBOUND:
+                self.writer.submit("inbound_messages", self._inbound_row(span, attributes))
+            elif kind == A.KIND_AI_RUN:
+                self.writer.submit("ai_runs", self._run_row(span, attributes))
+            elif kind == A.KIND_ENQUEUE:
+                self.writer.submit("enqueues", self._enqueue_row(span, attributes))
+        except Exception as exc:  # noqa: BLE001
+            self.counters.add("processor_error", 1, repr(exc)[:200])
+
+    def shutdown(self) -> None:
+        self._active = False
+        self.writer.close()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.writer.flush(timeout_millis / 1000)
+
+    # -- span -> row ---------------------------------------------------------------------
+
+    @staticmethod
+    def _common(span: ReadableSpan | Span, attributes: Mapping[str, Any]) -> dict[str, Any]:
+        ctx = span.get_span_context()
+        parent = span.parent
+        status = span.status.status_code if span.status is not None else StatusCode.UNSET
+        failed = status is StatusCode.ERROR
+        service = span.resource.attributes.get("service.name") if span.resource else None
+        return {
+            "trace_id": format_trace_id(ctx.trace_id) if ctx else None,
+            "span_id": format_span_id(ctx.span_id) if ctx else None,
+            "parent_span_id": format_span_id(parent.span_id) if parent else None,
+            "inbound_id": attributes.get(A.INBOUND_ID),
+            "channel": attributes.get(A.CHANNEL),
+            "status": "failed" if failed else "ok",
+            "error_type": attributes.get(A.ERROR_TYPE) if failed else None,
+            "error_text": attributes.get(A.ERROR_MESSAGE) if failed else None,
+            "started_at_ms": _ms(span.start_time),
+            "ended_at_ms": _ms(span.end_time),
+            "service": service,
+        }
+
+    def _attempt_row(
+        self, span: ReadableSpan | Span, attributes: Mapping[str, Any], trace_id: int, span_id: int
+    ) -> dict[str, Any]:
+        row = self._common(span, attributes)
+        ended = span.end_time is not None
+        outcome = attributes.get(A.OUTCOME)
+        if not ended:
+            status = "started"
+        elif outcome in ("delivered", "failed", "interrupted"):
+            status = outcome
+        else:
+            status = "failed" if row["status"] == "failed" else "delivered"
+        row.update(
+            delivery_id=attributes.get(A.DELIVERY_ID) or format_span_id(span_id),
+            attempt=attributes.get(A.ATTEMPT),
+            max_attempts=attributes.get(A.MAX_ATTEMPTS),
+            recipient=attributes.get(A.RECIPIENT),
+            status=status,
+            error_type=attributes.get(A.ERROR_TYPE) if status != "delivered" else None,
+            error_text=attributes.get(A.ERROR_MESSAGE) if status != "delivered" else None,
+            failure_class=attributes.get(A.FAILURE_CLASS),
+            final=_bool(attributes.get(A.FINAL)),
+            duration_ms=_duration_ms(span) if ended else None,  # type: ignore[arg-type]
+            provider_message_id=attributes.get(A.PROVIDER_MESSAGE_ID),
+        )
+        return row
+
+    def _inbound_row(self, span: ReadableSpan, attributes: Mapping[str, Any]) -> dict[str, Any]:
+        row = self._common(span, attributes)
+        row["received_at_ms"] = row.pop("started_at_ms")
+        row.update(
+            sender=attributes.get(A.SENDER),
+            conversation=attributes.get(A.CONVERSATION),
+        )
+        return row
+
+    def _run_row(self, span: ReadableSpan, attributes: Mapping[str, Any]) -> dict[str, Any]:
+        row = self._common(span, attributes)
+        row.update(
+            agent=attributes.get(A.GEN_AI_AGENT_NAME),
+            model=attributes.get(A.GEN_AI_REQUEST_MODEL),
+            conversation=attributes.get(A.CONVERSATION),
+            reply_produced=_bool(attributes.get(A.REPLY_PRODUCED)),
+            duration_ms=_duration_ms(span),
+        )
+        return row
+
+    def _enqueue_row(self, span: ReadableSpan, attributes: Mapping[str, Any]) -> dict[str, Any]:
+        row = self._common(span, attributes)
+        row.update(
+            delivery_id=attributes.get(A.DELIVERY_ID),
+            recipient=attributes.get(A.RECIPIENT),
+        )
+        return row
