@@ -35,7 +35,7 @@ from ._ratelimit import RateLimitedLog
 from ._rescue import rescue_interrupted
 from ._schema import open_store
 
-__all__ = ["DEFAULT_MAX_QUEUE", "StoreWriter", "TABLE_COLUMNS"]
+__all__ = ["DEFAULT_MAX_QUEUE", "TABLE_COLUMNS", "StoreWriter"]
 
 _log = logging.getLogger("local_store")
 
@@ -82,6 +82,7 @@ _START_SQL = (
     f"INSERT INTO attempts ({', '.join(_ATTEMPT_COLS)}) VALUES ({_ATTEMPT_VALUES}) "
     "ON CONFLICT(span_id) DO NOTHING RETURNING attempt"
 )
+_START_BATCH_SQL = _START_SQL.removesuffix(" RETURNING attempt")
 _OUTCOME_COLS = (
     "status", "error_type", "error_text", "failure_class", "final", "ended_at_ms",
     "duration_ms", "provider_message_id",
@@ -184,6 +185,7 @@ class StoreWriter:
         self._lock = threading.Lock()  # guards the hot connection
         self._cond = threading.Condition()  # guards the queue and counters below
         self._queue: deque[tuple[str, dict[str, Any]]] = deque()
+        self._in_flight = 0  # rows taken off the queue by a batch not yet committed
         self._hot_conn: sqlite3.Connection | None = None
         self._hot_identity: tuple[int, int] | None = None
         self._hot_open_until = 0.0  # monotonic time the hot path stays bypassed until
@@ -251,7 +253,7 @@ class StoreWriter:
             try:
                 conn.rollback()
                 conn.close()
-            except Exception:  # noqa: BLE001 - the connection is already broken
+            except Exception:
                 pass
 
     # -- synchronous attempt rows --------------------------------------------------
@@ -291,7 +293,7 @@ class StoreWriter:
                         return row.get("attempt")
                     except Exception as exc:
                         self._trip(exc)
-        except Exception as exc:  # noqa: BLE001 - never raise into the gateway
+        except Exception as exc:
             self._log.warning("hot-unexpected", "otel-delivery hot path failed: %r", exc)
         with self._cond:
             self._totals["deferred"] = self._totals.get("deferred", 0) + 1
@@ -315,7 +317,7 @@ class StoreWriter:
         if os.getpid() != self._pid:
             self._reset_after_fork()
         with self._cond:
-            if len(self._queue) >= self.max_queue:
+            if len(self._queue) + self._in_flight >= self.max_queue:
                 self._count_locked("queue_full", 1, None)
                 return
             self._queue.append((kind, row))
@@ -357,7 +359,7 @@ class StoreWriter:
         """
         with self._cond:
             out = dict(self._totals)
-            out["queued"] = len(self._queue)
+            out["queued"] = len(self._queue) + self._in_flight
         return out
 
     # -- background thread -----------------------------------------------------------
@@ -392,14 +394,18 @@ class StoreWriter:
         while True:
             with self._cond:
                 batch = [self._queue.popleft() for _ in range(min(_BATCH_SIZE, len(self._queue)))]
+                self._in_flight = len(batch)
                 drops = self._pending_drops
                 self._pending_drops = {}
             if not batch and not drops:
                 return True
             try:
                 self._write_batch(batch, drops)
+                with self._cond:
+                    self._in_flight = 0
             except Exception as exc:
                 with self._cond:
+                    self._in_flight = 0
                     # Put the rows back in order; counts merge with any new ones.
                     self._queue.extendleft(reversed(batch))
                     for reason, (n, first, last, err) in drops.items():
@@ -432,24 +438,24 @@ class StoreWriter:
             conn.execute("BEGIN IMMEDIATE")
             for kind, rows in by_kind.items():
                 if kind == "attempts:start":
-                    conn.executemany(_START_SQL.replace(" RETURNING attempt", ""),
-                                     [_attempt_params(r) for r in rows])
+                    conn.executemany(_START_BATCH_SQL, [_attempt_params(r) for r in rows])
                 elif kind == "attempts:end":
                     conn.executemany(_END_SQL, [_attempt_params(r) for r in rows])
                 else:
                     cols = TABLE_COLUMNS[kind]
-                    conn.executemany(_INSERT_SQL[kind], [tuple(r.get(c) for c in cols) for r in rows])
+                    conn.executemany(
+                        _INSERT_SQL[kind], [tuple(r.get(c) for c in cols) for r in rows]
+                    )
             if drops:
                 conn.executemany(
                     _DROP_SQL,
-                    [(reason, n, first, last, err) for reason, (n, first, last, err) in drops.items()
-                     if n or err],
+                    [(reason, *counts) for reason, counts in drops.items() if counts[0]],
                 )
             conn.execute("COMMIT")
         except BaseException:
             try:
                 conn.rollback()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
             raise
 
@@ -458,7 +464,7 @@ class StoreWriter:
         if conn is not None:
             try:
                 conn.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         # The hot path reopens too, so both follow a replaced or recreated file.
         with self._lock:
@@ -466,7 +472,7 @@ class StoreWriter:
                 hot, self._hot_conn = self._hot_conn, None
                 try:
                     hot.close()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
 
     # -- flush and close -------------------------------------------------------------
@@ -504,7 +510,7 @@ class StoreWriter:
         if thread is not None:
             thread.join(max(0.0, min(timeout_seconds, 1.0)))
         with self._cond:
-            left = len(self._queue)
+            left = len(self._queue) + self._in_flight
         if left:
             self._totals["lost_at_close"] = self._totals.get("lost_at_close", 0) + left
             self._log.warning(
@@ -525,13 +531,13 @@ class StoreWriter:
                         "UPDATE writers SET ended_at_ms = ? WHERE id = ?", (t, self.writer_id)
                     )
                     conn.commit()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
             for c in (self._hot_conn, self._bg_conn):
                 if c is not None:
                     try:
                         c.close()
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         pass
             self._hot_conn = None
             self._bg_conn = None

@@ -69,7 +69,7 @@ def default_classifier(exc: BaseException) -> FailureClass:
             return "permanent"
     try:
         text = f"{type(exc).__name__}: {exc}"
-    except Exception:  # noqa: BLE001 - a broken __str__ must not break classification
+    except Exception:
         text = type(exc).__name__
     if _TRANSIENT_TEXT.search(text):
         return "transient"

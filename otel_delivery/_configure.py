@@ -104,7 +104,7 @@ class Instrumentation:
         for p in self._processors:
             try:
                 ok = p.force_flush(int(timeout_seconds * 1000)) and ok
-            except Exception:  # noqa: BLE001
+            except Exception:
                 ok = False
         return ok
 
@@ -151,7 +151,7 @@ def _monotonic() -> float:
 def _quietly(fn: Any) -> None:
     try:
         fn()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _log.warning("otel-delivery shutdown step failed: %r", exc)
 
 
@@ -238,11 +238,13 @@ def configure(
 
     Calling it again replaces the previous configuration. Flushes at interpreter exit.
 
-    >>> otel = configure(service_name="gateway", store="/var/lib/gw/deliveries.db")  # doctest: +SKIP
+    >>> otel = configure(service_name="gateway", store="/var/lib/gw/d.db")  # doctest: +SKIP
     """
     global _active, _atexit_registered
     if error_text_limit < 16:
-        raise ConfigError(f"error_text_limit must be at least 16 characters, got {error_text_limit}")
+        raise ConfigError(
+            f"error_text_limit must be at least 16 characters, got {error_text_limit}"
+        )
     if shutdown_timeout_seconds <= 0:
         raise ConfigError(
             f"shutdown_timeout_seconds must be > 0, got {shutdown_timeout_seconds}"
@@ -283,7 +285,7 @@ def configure(
                 writer = StoreWriter(
                     store_path, service=str(service) if service else None, **writer_kwargs
                 )
-                counters.sink = lambda reason, n, err: writer.count_drop(reason, n, error=err)  # type: ignore[union-attr]
+                counters.sink = lambda reason, n, err: writer.count_drop(reason, n, error=err)
                 processors.append(_Switchable(StoreSpanProcessor(writer, counters)))
             exporter = span_exporter or _otlp_exporter(otlp_endpoint, otlp_protocol)
             if exporter is not None:

@@ -120,16 +120,18 @@ def _count(rt: Runtime, reason: str, exc: BaseException | None = None) -> None:
     if exc is not None:
         try:
             detail = f"{type(exc).__name__}: {exc}"[:200]
-        except Exception:  # noqa: BLE001
+        except Exception:
             detail = type(exc).__name__
     rt.counters.add(reason, 1, detail)
-    ratelimited_log.warning(reason, "otel-delivery instrumentation problem (%s): %s", reason, detail)
+    ratelimited_log.warning(
+        reason, "otel-delivery instrumentation problem (%s): %s", reason, detail
+    )
 
 
 def _error_text(exc: BaseException, limit: int) -> str:
     try:
         text = str(exc)
-    except Exception:  # noqa: BLE001 - a broken __str__ still leaves the type
+    except Exception:
         text = f"<unprintable {type(exc).__name__}>"
     text = text.encode("utf-8", "replace").decode("utf-8")
     if len(text) > limit:
@@ -198,12 +200,14 @@ class _Plan:
 
     # -- per call ----------------------------------------------------------------------
 
-    def values_for(self, rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    def values_for(
+        self, rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
         raw: dict[str, Any] = dict(self.static_values)
         for field_name, extractor in self.extractors:
             try:
                 raw[field_name] = extractor(args, kwargs)
-            except Exception as exc:  # noqa: BLE001 - the user's extractor failed
+            except Exception as exc:
                 _count(rt, "extractor_error", exc)
         values: dict[str, Any] = {}
         for field_name, value in raw.items():
@@ -227,7 +231,7 @@ class _Plan:
         if self.carrier is not None:
             try:
                 found = self.carrier(args, kwargs)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 _count(rt, "carrier_error", exc)
                 found = None
             if isinstance(found, Mapping):
@@ -238,7 +242,7 @@ class _Plan:
         if carrier is not None:
             try:
                 parent = parent_from_carrier(carrier)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 _count(rt, "carrier_error", exc)
         ctx = parent if parent is not None else otel_context.get_current()
 
@@ -276,7 +280,7 @@ class _Plan:
         if self.kind.writes_carrier and isinstance(carrier, MutableMapping):
             try:
                 inject_into(carrier, new_ctx, corr)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 _count(rt, "carrier_error", exc)
         return _Call(self, rt, span, token, carrier)
 
@@ -310,7 +314,7 @@ class _Call:
                 produced = self._reply_produced(result)
                 if produced is not None:
                     self.span.set_attribute(A.REPLY_PRODUCED, produced)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _count(self.rt, "instrumentation_error", exc)
         finally:
             self._end()
@@ -319,7 +323,7 @@ class _Call:
         """The function returned normally but ``failed_if`` says it failed."""
         try:
             failed = bool(self.plan.failed_if(result)) if self.plan.failed_if else False
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _count(self.rt, "extractor_error", exc)
             return False
         if failed:
@@ -330,7 +334,7 @@ class _Call:
         pick = self.plan.result_value or _default_message_id
         try:
             value = coerce_value(pick(result))
-        except Exception as exc:  # noqa: BLE001 - JunkValue or the user's extractor
+        except Exception as exc:
             _count(self.rt, "extractor_error", exc)
             return
         if value is not None:
@@ -341,14 +345,14 @@ class _Call:
         pick = self.plan.result_value or _default_reply_produced
         try:
             return bool(pick(result))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _count(self.rt, "extractor_error", exc)
             return None
 
     def failed(self, exc: BaseException) -> None:
         try:
             self._mark_failed(error_type_name(exc), _error_text(exc, self.rt.error_text_limit), exc)
-        except Exception as inner:  # noqa: BLE001
+        except Exception as inner:
             _count(self.rt, "instrumentation_error", inner)
         finally:
             self._end()
@@ -377,7 +381,7 @@ class _Call:
                 continue
             try:
                 verdict = classifier(exc)
-            except Exception as inner:  # noqa: BLE001
+            except Exception as inner:
                 _count(self.rt, "classifier_error", inner)
                 continue
             if verdict in ("permanent", "transient"):
@@ -398,15 +402,15 @@ class _Call:
         try:
             if self.plan.kind is _DELIVER and isinstance(self.carrier, MutableMapping):
                 record_attempt(self.carrier, self.span.get_span_context().span_id)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _count(self.rt, "carrier_error", exc)
         try:
             self.span.end()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _count(self.rt, "instrumentation_error", exc)
         try:
             otel_context.detach(self.token)  # type: ignore[arg-type]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _count(self.rt, "instrumentation_error", exc)
 
 
@@ -416,10 +420,10 @@ def _begin(plan: _Plan, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call 
         if not rt.enabled:
             return None
         return plan.begin(rt, args, kwargs)
-    except Exception as exc:  # noqa: BLE001 - the call still runs, plain
+    except Exception as exc:
         try:
             _count(current(), "instrumentation_error", exc)
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         return None
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from ._attributes import ATTRIBUTE_VALUE_LIMIT
 
-__all__ = ["Extractor", "ExtractSpec", "arg", "coerce_value", "compile_extractor"]
+__all__ = ["ExtractSpec", "Extractor", "arg", "coerce_value", "compile_extractor"]
 
 #: What a decorator attribute argument may be.
 ExtractSpec = Any

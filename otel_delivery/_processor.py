@@ -60,15 +60,13 @@ class StoreSpanProcessor(SpanProcessor):
             attributes = span.attributes or {}
             if attributes.get(A.KIND) != A.KIND_DELIVER:
                 return
-            ctx = span.get_span_context()
-            row = self._attempt_row(span, attributes, ctx.trace_id, ctx.span_id)
+            row = self._attempt_row(span, attributes)
             if A.DELIVERY_ID not in attributes:
-                # Without a delivery id each call is a delivery of its own.
                 span.set_attribute(A.DELIVERY_ID, row["delivery_id"])
             number = self.writer.start_attempt(row)
             if number is not None and A.ATTEMPT not in attributes:
                 span.set_attribute(A.ATTEMPT, number)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.counters.add("processor_error", 1, repr(exc)[:200])
 
     def on_end(self, span: ReadableSpan) -> None:
@@ -83,14 +81,14 @@ class StoreSpanProcessor(SpanProcessor):
             if ctx is None:
                 return
             if kind == A.KIND_DELIVER:
-                self.writer.end_attempt(self._attempt_row(span, attributes, ctx.trace_id, ctx.span_id))
+                self.writer.end_attempt(self._attempt_row(span, attributes))
             elif kind == A.KIND_INBOUND:
                 self.writer.submit("inbound_messages", self._inbound_row(span, attributes))
             elif kind == A.KIND_AI_RUN:
                 self.writer.submit("ai_runs", self._run_row(span, attributes))
             elif kind == A.KIND_ENQUEUE:
                 self.writer.submit("enqueues", self._enqueue_row(span, attributes))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.counters.add("processor_error", 1, repr(exc)[:200])
 
     def shutdown(self) -> None:
@@ -124,7 +122,7 @@ class StoreSpanProcessor(SpanProcessor):
         }
 
     def _attempt_row(
-        self, span: ReadableSpan | Span, attributes: Mapping[str, Any], trace_id: int, span_id: int
+        self, span: ReadableSpan | Span, attributes: Mapping[str, Any]
     ) -> dict[str, Any]:
         row = self._common(span, attributes)
         ended = span.end_time is not None
@@ -136,7 +134,8 @@ class StoreSpanProcessor(SpanProcessor):
         else:
             status = "failed" if row["status"] == "failed" else "delivered"
         row.update(
-            delivery_id=attributes.get(A.DELIVERY_ID) or format_span_id(span_id),
+            # Without a delivery id each call is a delivery of its own.
+            delivery_id=attributes.get(A.DELIVERY_ID) or row["span_id"],
             attempt=attributes.get(A.ATTEMPT),
             max_attempts=attributes.get(A.MAX_ATTEMPTS),
             recipient=attributes.get(A.RECIPIENT),
@@ -145,7 +144,7 @@ class StoreSpanProcessor(SpanProcessor):
             error_text=attributes.get(A.ERROR_MESSAGE) if status != "delivered" else None,
             failure_class=attributes.get(A.FAILURE_CLASS),
             final=_bool(attributes.get(A.FINAL)),
-            duration_ms=_duration_ms(span) if ended else None,  # type: ignore[arg-type]
+            duration_ms=_duration_ms(span) if ended else None,
             provider_message_id=attributes.get(A.PROVIDER_MESSAGE_ID),
         )
         return row

@@ -153,6 +153,6 @@ def carry(carrier: MutableMapping[str, Any] | None = None) -> dict[str, str]:
     try:
         ctx = otel_context.get_current()
         inject_into(out, ctx, correlation_from(ctx, None))
-    except Exception:  # noqa: BLE001 - never hurt the caller
+    except Exception:
         pass
     return out  # type: ignore[no-any-return]

@@ -1,0 +1,135 @@
+"""A gateway killed with SIGKILL mid-send leaves an interrupted attempt, never nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import otel_delivery
+from local_store import StoreWriter
+from local_store._rescue import dead_writer_ids
+from otel_delivery import arg
+
+from .conftest import make_traced
+
+CHILD = """
+import json, sys, time, pathlib
+import otel_delivery
+from otel_delivery import arg
+
+store, marker, entry_file = sys.argv[1:4]
+otel_delivery.configure(service_name="crashy", store=store)
+
+@otel_delivery.deliver(channel="telegram", delivery_id=arg("entry.id"), max_attempts=3,
+                       carrier=arg("entry.trace"))
+def send(entry):
+    pathlib.Path(marker).write_text("sending")
+    time.sleep(60)  # killed here, mid-send
+
+@otel_delivery.ai_run(agent="bot")
+def run():
+    entry = {"id": "dlv-crash", "trace": otel_delivery.carry()}
+    pathlib.Path(entry_file).write_text(json.dumps(entry))
+    send(entry)
+
+run()
+"""
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout_seconds: float = 30) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while not path.exists():
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else b""
+            raise AssertionError(f"child exited early: {err!r}")
+        if time.monotonic() > deadline:
+            raise AssertionError("child never reached the send")
+        time.sleep(0.01)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_sigkill_mid_send_leaves_an_interrupted_row_and_retry_continues(tmp_path: Path) -> None:
+    store, marker, entry_file = tmp_path / "d.db", tmp_path / "marker", tmp_path / "entry.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(CHILD), str(store), str(marker), str(entry_file)],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for(marker, proc)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    conn = sqlite3.connect(store)
+    rows = conn.execute("SELECT delivery_id, attempt, status FROM attempts").fetchall()
+    assert rows == [("dlv-crash", 1, "started")]  # committed before the send ran
+    assert len(dead_writer_ids(conn)) == 1  # ... and its process is known to be gone
+    conn.close()
+
+    # After a restart, the next writer marks the orphan interrupted, and the retry
+    # joins the original trace as attempt 2.
+    restarted = make_traced(store)
+    try:
+        @otel_delivery.deliver(
+            channel="telegram", delivery_id=arg("entry.id"), max_attempts=3,
+            carrier=arg("entry.trace"),
+        )
+        def send(entry: dict[str, object]) -> str:
+            return "ok"
+
+        entry = json.loads(entry_file.read_text())
+        assert send(entry) == "ok"
+        rows2 = restarted.rows(
+            "SELECT attempt, status, trace_id FROM attempts WHERE delivery_id = 'dlv-crash' "
+            "ORDER BY attempt"
+        )
+        assert [(r["attempt"], r["status"]) for r in rows2] == [
+            (1, "interrupted"),
+            (2, "delivered"),
+        ]
+        assert rows2[0]["trace_id"] == rows2[1]["trace_id"]
+    finally:
+        restarted.handle.shutdown()
+
+
+def test_store_problems_never_reach_the_gateway(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the store's directory should be")
+    t = make_traced(blocker / "d.db")
+    try:
+        @otel_delivery.deliver(channel="x")
+        def send(n: int) -> int:
+            return n * 3
+
+        started = time.monotonic()
+        assert [send(i) for i in range(50)] == [i * 3 for i in range(50)]
+        assert time.monotonic() - started < 5
+        assert t.handle.force_flush(timeout_seconds=0.2) is False
+        stats = t.handle.stats()
+        assert stats["store.deferred"] == 100  # every start and end row, held for retry
+        assert stats["store.queued"] == 100
+    finally:
+        t.handle.shutdown(timeout_seconds=0.5)
+
+
+def test_queue_bound_counts_what_it_drops(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    writer = StoreWriter(blocker / "d.db", max_queue=10)
+    for i in range(25):
+        writer.submit("ai_runs", {"trace_id": "t", "span_id": str(i), "status": "ok",
+                                  "started_at_ms": i})
+    stats = writer.stats()
+    assert stats["queued"] == 10
+    assert stats["queue_full"] == 15
+    writer.close(timeout_seconds=0.2)
