@@ -13,7 +13,7 @@ import functools
 import inspect
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -37,7 +37,13 @@ __all__ = ["ai_run", "deliver", "enqueue", "inbound"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-Decorator = Callable[[Callable[P, R]], Callable[P, R]]
+
+
+class Decorator(Protocol):
+    """What ``@deliver(...)`` and friends return: keeps the signature it wraps."""
+
+    def __call__(self, func: Callable[P, R], /) -> Callable[P, R]: ...
+
 
 _NOT_SET: Any = object()
 
@@ -498,7 +504,7 @@ def inbound(
     conversation: Any = None,
     carrier: Any = None,
     attributes: Mapping[str, Any] | None = None,
-) -> Decorator[P, R]: ...
+) -> Decorator: ...
 def inbound(
     func: Any = None,
     /,
@@ -538,7 +544,7 @@ def ai_run(
     carrier: Any = None,
     reply_produced: Callable[[Any], bool] | None = None,
     attributes: Mapping[str, Any] | None = None,
-) -> Decorator[P, R]: ...
+) -> Decorator: ...
 def ai_run(
     func: Any = None,
     /,
@@ -587,7 +593,7 @@ def deliver(
     failed_if: Callable[[Any], bool] | None = None,
     classifier: Classifier | None = None,
     attributes: Mapping[str, Any] | None = None,
-) -> Decorator[P, R]: ...
+) -> Decorator: ...
 def deliver(
     func: Any = None,
     /,
@@ -640,7 +646,7 @@ def enqueue(
     carrier: Any = None,
     failed_if: Callable[[Any], bool] | None = None,
     attributes: Mapping[str, Any] | None = None,
-) -> Decorator[P, R]: ...
+) -> Decorator: ...
 def enqueue(
     func: Any = None,
     /,
