@@ -182,7 +182,9 @@ class StoreWriter:
 
     def _init_process_state(self) -> None:
         self._pid = os.getpid()
-        self._lock = threading.Lock()  # guards the hot connection
+        # Held for every write transaction in this process, hot path and background
+        # alike: waiting on it is cheaper and fairer than SQLite's busy polling.
+        self._lock = threading.Lock()
         self._cond = threading.Condition()  # guards the queue and counters below
         self._queue: deque[tuple[str, dict[str, Any]]] = deque()
         self._in_flight = 0  # rows taken off the queue by a batch not yet committed
@@ -280,19 +282,22 @@ class StoreWriter:
             self._reset_after_fork()
         row.setdefault("service", self.service)
         try:
-            with self._lock:
-                conn = self._hot_connection()
-                if conn is not None:
-                    row["writer_id"] = self.writer_id
-                    try:
-                        cur = conn.execute(sql, _attempt_params(row))
-                        result = cur.fetchone() if returning else None
-                        conn.commit()
-                        if result is not None:
-                            return int(result[0])
-                        return row.get("attempt")
-                    except Exception as exc:
-                        self._trip(exc)
+            if self._lock.acquire(timeout=self.hot_path_timeout_seconds):
+                try:
+                    conn = self._hot_connection()
+                    if conn is not None:
+                        row["writer_id"] = self.writer_id
+                        try:
+                            cur = conn.execute(sql, _attempt_params(row))
+                            result = cur.fetchone() if returning else None
+                            conn.commit()
+                            if result is not None:
+                                return int(result[0])
+                            return row.get("attempt")
+                        except Exception as exc:
+                            self._trip(exc)
+                finally:
+                    self._lock.release()
         except Exception as exc:
             self._log.warning("hot-unexpected", "otel-delivery hot path failed: %r", exc)
         with self._cond:
@@ -400,9 +405,14 @@ class StoreWriter:
             if not batch and not drops:
                 return True
             try:
-                self._write_batch(batch, drops)
+                with self._lock:
+                    self._write_batch(batch, drops)
                 with self._cond:
                     self._in_flight = 0
+                    more = bool(self._queue)
+                if more:
+                    # Let a waiting hot-path call take the lock between batches.
+                    time.sleep(0.0005)
             except Exception as exc:
                 with self._cond:
                     self._in_flight = 0
@@ -433,6 +443,8 @@ class StoreWriter:
         conn = self._bg_conn
         by_kind: dict[str, list[dict[str, Any]]] = {}
         for kind, row in batch:
+            if kind.startswith("attempts:") and row.get("writer_id") is None:
+                row["writer_id"] = self.writer_id
             by_kind.setdefault(kind, []).append(row)
         try:
             conn.execute("BEGIN IMMEDIATE")
