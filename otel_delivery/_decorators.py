@@ -31,7 +31,7 @@ from ._propagation import (
     record_attempt,
     with_correlation,
 )
-from ._state import Runtime, current, ratelimited_log
+from ._state import Runtime, current, is_configured, ratelimited_log
 
 __all__ = ["ai_run", "deliver", "enqueue", "inbound"]
 
@@ -281,6 +281,9 @@ class _Plan:
             record_exception=False,
             set_status_on_exception=False,
         )
+        if not span.is_recording() and is_configured(rt):
+            # Head-sampled out: this step reaches neither the exporter nor the store.
+            rt.counters.add("not_recorded")
         new_ctx = trace.set_span_in_context(span, with_correlation(ctx, corr))
         token = otel_context.attach(new_ctx)
         if self.kind.writes_carrier and isinstance(carrier, MutableMapping):

@@ -23,7 +23,7 @@ from local_store._ratelimit import RateLimitedLog
 from ._attributes import ERROR_TEXT_LIMIT
 from ._classify import Classifier
 
-__all__ = ["Counters", "Runtime", "current", "install", "uninstall"]
+__all__ = ["Counters", "Runtime", "current", "install", "is_configured", "uninstall"]
 
 _log = logging.getLogger("otel_delivery")
 ratelimited_log = RateLimitedLog(_log)
@@ -92,6 +92,11 @@ def current() -> Runtime:
     if _fallback is None:
         _fallback = Runtime(tracer=trace.get_tracer(INSTRUMENTATION_NAME))
     return _fallback
+
+
+def is_configured(rt: Runtime) -> bool:
+    """True when ``rt`` came from ``configure()`` (not the unconfigured default)."""
+    return rt is _installed
 
 
 def install(rt: Runtime) -> None:

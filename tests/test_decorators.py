@@ -287,3 +287,17 @@ def test_pseudonymised_recipients_are_stable_and_unreadable(tmp_path: Any) -> No
         assert b"123456789" not in stored
     finally:
         t.handle.shutdown()
+
+
+def test_head_sampled_out_calls_are_counted(tmp_path: Any) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    otel = otel_delivery.configure(
+        store=tmp_path / "d.db", tracer_provider=TracerProvider(sampler=ALWAYS_OFF)
+    )
+    try:
+        assert send_sync(1, "x")["chat_id"] == 1
+        assert otel.stats()["not_recorded"] == 1
+    finally:
+        otel.shutdown()
