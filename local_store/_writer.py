@@ -377,13 +377,17 @@ class StoreWriter:
 
     def _run(self) -> None:
         backoff = self.flush_interval_seconds
+        failing = False
         while True:
             with self._cond:
-                if not self._stop and self._flush_requests == self._flushed_through:
+                # A pending flush skips the wait, unless the store just failed: then
+                # back off rather than hammer it until the flush times out.
+                if not self._stop and (failing or self._flush_requests == self._flushed_through):
                     self._cond.wait(backoff)
                 stop = self._stop
                 target = self._flush_requests
             ok = self._write_pending()
+            failing = not ok
             with self._cond:
                 if ok:
                     self._flushed_through = target
