@@ -31,6 +31,7 @@ __all__ = ["run_demo"]
 # retry-after hint (at most 2 s), far shorter than the 30 s backoff after a
 # timeout, so those retries are still waiting in the queue file at the restart.
 RESTART_AFTER_SECONDS = 10.0
+_FLUSH_TIMEOUT_SECONDS = 5.0
 
 
 def run_demo(
@@ -71,9 +72,18 @@ def run_demo(
                 "the local store is off (is OTEL_SDK_DISABLED=true set?); "
                 "the demo writes to it and reports from it"
             )
+        writer = handle.writer
+
+        def store_quiet() -> None:
+            # Only the store: an unreachable OTLP endpoint must not stall the demo here.
+            if writer is not None:
+                writer.flush(_FLUSH_TIMEOUT_SECONDS)
+
         with tempfile.TemporaryDirectory(prefix="otel-delivery-demo-") as tmp:
-            stats = asyncio.run(_play(scenario, store_path, Path(tmp), handle.force_flush))
-        handle.force_flush()
+            stats = asyncio.run(_play(scenario, store_path, Path(tmp), store_quiet))
+        # The report needs every row on disk. Exporters are flushed by shutdown(),
+        # which is bounded; handle.force_flush() is not, with a dead collector.
+        store_quiet()
     finally:
         handle.shutdown()
     result = DemoResult(
@@ -91,7 +101,7 @@ def run_demo(
 
 
 async def _play(
-    scenario: Scenario, store: Path, workdir: Path, flush: Callable[[], bool]
+    scenario: Scenario, store: Path, workdir: Path, store_quiet: Callable[[], None]
 ) -> GatewayStats:
     clock = SimClock(time.time())
     apis = {
@@ -116,7 +126,7 @@ async def _play(
         await gateway.handle_inbound_only()
         # Nothing of ours may hold the store's write lock while the child commits
         # its attempt row on the hot path.
-        flush()
+        store_quiet()
         committed = await asyncio.to_thread(
             kill_mid_send, store, queue_file, crash.delivery_id, workdir
         )
