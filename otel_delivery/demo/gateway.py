@@ -2,8 +2,8 @@
 
 * one **receiver** task per channel parses the platform's updates (``@inbound``);
 * one **agent loop** task runs the AI agent on each message (``@ai_run``) and puts the
-  reply on the delivery queue (``@enqueue``), swallowing an enqueue failure the way
-  the seed gateway's ``.catch(() => null)`` does;
+  reply on the delivery queue (``@enqueue``, on ``DeliveryQueue.enqueue``), swallowing
+  an enqueue failure the way the seed gateway's ``.catch(() => null)`` does;
 * one **sender** task per channel makes one delivery attempt at a time
   (``@deliver``) and tells the queue whether to retry.
 
@@ -47,7 +47,7 @@ __all__ = [
 
 SERVICE_NAME = "demo-gateway"
 AGENT = "assistant"
-MODEL = "gpt-4o-mini"
+MODEL = "demo-model"  # FakeModel below; no real LLM is called
 MAX_ATTEMPTS = 3
 # Backoff after a failure that came without a retry-after hint: 30 s, then 60 s.
 BACKOFF_SECONDS = 30.0
