@@ -10,6 +10,9 @@ import atexit
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -99,13 +102,27 @@ class Instrumentation:
         return self.runtime.enabled
 
     def force_flush(self, timeout_seconds: float = 5.0) -> bool:
-        """Write everything pending to the store and the exporter. True if all made it."""
+        """Write everything pending to the store, then the exporter. True if all made it.
+
+        Bounded by ``timeout_seconds`` in total, even when an exporter retries a dead
+        collector for longer than its own timeout.
+        """
+        return self._run_bounded("force_flush", timeout_seconds)
+
+    def _run_bounded(self, step: str, timeout_seconds: float) -> bool:
+        """Run ``step`` on each processor in turn (the store first), within one deadline.
+
+        Each runs in a daemon thread, so a hung exporter cannot hold the caller (or the
+        process at exit) past the deadline.
+        """
+        deadline = time.monotonic() + timeout_seconds
         ok = True
         for p in self._processors:
-            try:
-                ok = p.force_flush(int(timeout_seconds * 1000)) and ok
-            except Exception:
-                ok = False
+            remaining = max(0.0, deadline - time.monotonic())
+            if step == "force_flush":
+                ok = _bounded(partial(p.force_flush, int(remaining * 1000)), remaining) and ok
+            else:
+                ok = _bounded(partial(_shutdown_ok, p), remaining) and ok
         return ok
 
     def shutdown(self, timeout_seconds: float | None = None) -> None:
@@ -119,17 +136,7 @@ class Instrumentation:
             self._shut = True
         uninstall(self.runtime)
         bound = self._shutdown_timeout if timeout_seconds is None else timeout_seconds
-        # Each processor shuts down in its own daemon thread so a hung exporter cannot
-        # hold the process at exit longer than the bound.
-        threads = []
-        for p in self._processors:
-            t = threading.Thread(target=_quietly, args=(p.shutdown,), daemon=True,
-                                 name="otel-delivery-shutdown")
-            t.start()
-            threads.append(t)
-        deadline = _monotonic() + bound
-        for t in threads:
-            t.join(max(0.0, deadline - _monotonic()))
+        self._run_bounded("shutdown", bound)
         for p in self._processors:
             p.on = False
 
@@ -142,17 +149,25 @@ class Instrumentation:
         return out
 
 
-def _monotonic() -> float:
-    import time
+def _shutdown_ok(p: SpanProcessor) -> bool:
+    p.shutdown()
+    return True
 
-    return time.monotonic()
 
+def _bounded(fn: Callable[[], bool], timeout_seconds: float) -> bool:
+    """``fn()`` in a daemon thread; False if it fails or is still running at the timeout."""
+    result: list[bool] = []
 
-def _quietly(fn: Any) -> None:
-    try:
-        fn()
-    except Exception as exc:
-        _log.warning("otel-delivery shutdown step failed: %r", exc)
+    def run() -> None:
+        try:
+            result.append(bool(fn()))
+        except Exception as exc:
+            _log.warning("otel-delivery flush/shutdown step failed: %r", exc)
+
+    t = threading.Thread(target=run, daemon=True, name="otel-delivery-flush")
+    t.start()
+    t.join(timeout_seconds)
+    return bool(result) and result[0]
 
 
 _configure_lock = threading.Lock()

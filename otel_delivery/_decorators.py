@@ -286,27 +286,29 @@ class _Plan:
             rt.counters.add("not_recorded")
         new_ctx = trace.set_span_in_context(span, with_correlation(ctx, corr))
         token = otel_context.attach(new_ctx)
-        if self.kind.writes_carrier and isinstance(carrier, MutableMapping):
+        if isinstance(carrier, MutableMapping):
             try:
-                inject_into(carrier, new_ctx, corr)
+                if self.kind.writes_carrier:
+                    inject_into(carrier, new_ctx, corr)
+                elif self.kind is _DELIVER and span.get_span_context().is_valid:
+                    # Recorded before the send, so an attempt cut short by a crash is
+                    # still linked from the retry if the gateway persisted the entry.
+                    record_attempt(carrier, span.get_span_context().span_id)
             except Exception as exc:
                 _count(rt, "carrier_error", exc)
-        return _Call(self, rt, span, token, carrier)
+        return _Call(self, rt, span, token)
 
 
 class _Call:
     """One decorated call in flight."""
 
-    __slots__ = ("carrier", "plan", "rt", "span", "token")
+    __slots__ = ("plan", "rt", "span", "token")
 
-    def __init__(
-        self, plan: _Plan, rt: Runtime, span: Span, token: object, carrier: Mapping[str, Any] | None
-    ) -> None:
+    def __init__(self, plan: _Plan, rt: Runtime, span: Span, token: object) -> None:
         self.plan = plan
         self.rt = rt
         self.span = span
         self.token = token
-        self.carrier = carrier
 
     def succeeded(self, result: Any) -> None:
         try:
@@ -408,11 +410,6 @@ class _Call:
         return None
 
     def _end(self) -> None:
-        try:
-            if self.plan.kind is _DELIVER and isinstance(self.carrier, MutableMapping):
-                record_attempt(self.carrier, self.span.get_span_context().span_id)
-        except Exception as exc:
-            _count(self.rt, "carrier_error", exc)
         try:
             self.span.end()
         except Exception as exc:

@@ -220,3 +220,57 @@ def test_otlp_http_export_over_loopback(
     assert attributes["error.type"].string_value == "TimeoutError"
     assert attributes["otel_delivery.delivery_id"].string_value == "d-9"
     assert count(tmp_path / "d.db", "attempts") == 1
+
+
+@pytest.fixture
+def hanging_collector() -> Iterator[str]:
+    """A TCP listener that accepts and never answers: the worst kind of dead collector."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    listener.close()
+
+
+def test_a_hanging_collector_cannot_hold_flush_or_shutdown(
+    tmp_path: Path, hanging_collector: str
+) -> None:
+    import time
+
+    otel = otel_delivery.configure(
+        store=tmp_path / "d.db", tracer_provider=TracerProvider(), otlp_endpoint=hanging_collector
+    )
+
+    @otel_delivery.deliver(channel="telegram")
+    def send(n: int) -> int:
+        return n
+
+    assert [send(i) for i in range(20)] == list(range(20))
+    started = time.monotonic()
+    assert otel.force_flush(timeout_seconds=1.0) is False  # the exporter could not finish
+    flush_seconds = time.monotonic() - started
+    started = time.monotonic()
+    otel.shutdown()
+    shutdown_seconds = time.monotonic() - started
+    assert flush_seconds < 1.5
+    assert shutdown_seconds < 2.5
+    assert count(tmp_path / "d.db", "attempts") == 20  # the local store is complete
