@@ -6,10 +6,30 @@ read them back with the query functions here, the ``otel-delivery`` CLI, or plai
 
 from __future__ import annotations
 
+from ._durations import format_duration, parse_duration
+from ._queries import (
+    ATTEMPT_STATUSES,
+    DELIVERY_OUTCOMES,
+    SUMMARY_GROUPINGS,
+    HealthReport,
+    Summary,
+    SummaryGroup,
+    UndeliveredItem,
+    UndeliveredReport,
+    failures,
+    health,
+    interrupted,
+    summary,
+    undelivered,
+)
+from ._reading import DeliveryOutcome
+from ._readonly import readonly_query
 from ._schema import SCHEMA_VERSION, open_store
+from ._story import TraceStory, trace_story
 from ._writer import StoreWriter
 from .exceptions import (
     InvalidArgumentError,
+    NotFoundError,
     QueryRefusedError,
     StoreCorruptError,
     StoreError,
@@ -18,13 +38,33 @@ from .exceptions import (
 )
 
 __all__ = [
+    "ATTEMPT_STATUSES",
+    "DELIVERY_OUTCOMES",
     "SCHEMA_VERSION",
+    "SUMMARY_GROUPINGS",
+    "DeliveryOutcome",
+    "HealthReport",
     "InvalidArgumentError",
+    "NotFoundError",
     "QueryRefusedError",
     "StoreCorruptError",
     "StoreError",
     "StoreNotFoundError",
     "StoreVersionError",
     "StoreWriter",
+    "Summary",
+    "SummaryGroup",
+    "TraceStory",
+    "UndeliveredItem",
+    "UndeliveredReport",
+    "failures",
+    "format_duration",
+    "health",
+    "interrupted",
     "open_store",
+    "parse_duration",
+    "readonly_query",
+    "summary",
+    "trace_story",
+    "undelivered",
 ]

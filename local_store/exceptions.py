@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "InvalidArgumentError",
+    "NotFoundError",
     "QueryRefusedError",
     "StoreCorruptError",
     "StoreError",
@@ -38,3 +39,7 @@ class InvalidArgumentError(StoreError, ValueError):
 
 class QueryRefusedError(StoreError, ValueError):
     """Read-only ``query`` was given SQL that would write, attach or change pragmas."""
+
+
+class NotFoundError(StoreError, LookupError):
+    """A message, trace or delivery id asked about has no rows in the store."""

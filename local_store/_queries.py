@@ -1,0 +1,564 @@
+"""The operator's questions, answered from the store.
+
+Every function takes a store opened with :func:`local_store.open_store`, only reads,
+and accepts ``now_ms`` so a test (or a post-mortem) can ask "as of" a given moment.
+Windows (``since_seconds``) are on the time an attempt, run or enqueue started.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import sqlite_utils
+
+from ._arguments import check_limit, check_seconds, resolve_now, window_start
+from ._durations import format_duration
+from ._reading import (
+    DEAD_CTE,
+    DeliveryOutcome,
+    delivery_outcomes,
+    effective_status,
+    liveness_params,
+    lost_enqueues,
+    outcome_of,
+    rows,
+)
+from .exceptions import InvalidArgumentError
+
+__all__ = [
+    "ATTEMPT_STATUSES",
+    "DELIVERY_OUTCOMES",
+    "SUMMARY_GROUPINGS",
+    "HealthReport",
+    "Summary",
+    "SummaryGroup",
+    "UndeliveredItem",
+    "UndeliveredReport",
+    "failures",
+    "health",
+    "interrupted",
+    "summary",
+    "undelivered",
+]
+
+SUMMARY_GROUPINGS = ("channel", "error", "status")
+# Always reported, so a zero is visible; any other status a gateway writes is added.
+ATTEMPT_STATUSES = ("delivered", "failed", "interrupted", "in_flight")
+DELIVERY_OUTCOMES = ("delivered", "failed", "pending_retry", "interrupted", "in_flight")
+
+_GROUP_COLUMNS = {
+    "channel": ("channel",),
+    "error": ("error_type", "failure_class"),
+    "status": ("status",),
+}
+
+
+def _counts(keys: tuple[str, ...]) -> dict[str, int]:
+    return dict.fromkeys(keys, 0)
+
+
+# -- summary -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SummaryGroup:
+    """Counts for one group: attempts by status, and the deliveries they belong to by
+    final outcome (a delivery counts once per group it has an attempt in)."""
+
+    key: dict[str, str | None]
+    attempts: int
+    statuses: dict[str, int]
+    deliveries: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Summary:
+    by: str
+    since_seconds: float
+    window_start_ms: int
+    now_ms: int
+    groups: list[SummaryGroup]
+    total: SummaryGroup
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summary(
+    db: sqlite_utils.Database,
+    *,
+    since_seconds: float,
+    by: str = "channel",
+    now_ms: int | None = None,
+) -> Summary:
+    """Attempts and deliveries in the window, grouped by channel, error or status.
+
+    ``by="error"`` counts failed attempts only, grouped by error type and failure class.
+
+    >>> s = summary(open_store("deliveries.db"), since_seconds=7 * 86400)  # doctest: +SKIP
+    >>> [(g.key["channel"], g.statuses["failed"]) for g in s.groups]  # doctest: +SKIP
+    [('telegram', 5), ('slack', 0)]
+    """
+    if by not in SUMMARY_GROUPINGS:
+        raise InvalidArgumentError(
+            f"cannot group by {by!r}: choose one of {', '.join(SUMMARY_GROUPINGS)}"
+        )
+    now = resolve_now(now_ms)
+    start = window_start(now, since_seconds)
+    params = {"since": start, **liveness_params(db, now)}
+    keys = _GROUP_COLUMNS[by]
+    only_failed = "AND a.status = 'failed'" if by == "error" else ""
+    window = f"""{DEAD_CTE},
+        win AS (
+            SELECT a.delivery_id, a.channel, a.error_type, a.failure_class,
+                   {effective_status("a")} AS status
+            FROM attempts a WHERE a.started_at_ms >= :since {only_failed}
+        )"""
+    key_list = ", ".join(f"w.{k}" for k in keys)
+
+    by_key: dict[tuple[str | None, ...], tuple[dict[str, int], dict[str, int]]] = {}
+
+    def group(key: tuple[str | None, ...]) -> tuple[dict[str, int], dict[str, int]]:
+        return by_key.setdefault(key, (_counts(ATTEMPT_STATUSES), _counts(DELIVERY_OUTCOMES)))
+
+    for *key, status, n in db.execute(
+        f"WITH {window} SELECT {key_list}, w.status, COUNT(*) FROM win w "
+        f"GROUP BY {key_list}, w.status",
+        params,
+    ).fetchall():
+        statuses = group(tuple(key))[0]
+        statuses[status] = statuses.get(status, 0) + n
+    # One row per (group, delivery): a delivery counts once in each group it has an
+    # attempt in, and once in the total.
+    outcome_by_delivery: dict[str, str] = {}
+    for *key, delivery_id, outcome in db.execute(
+        f"WITH {window}, pairs AS (SELECT DISTINCT {key_list}, w.delivery_id FROM win w) "
+        f"SELECT *, {outcome_of('pairs.delivery_id')} FROM pairs",
+        params,
+    ).fetchall():
+        deliveries = group(tuple(key))[1]
+        deliveries[outcome] = deliveries.get(outcome, 0) + 1
+        outcome_by_delivery[delivery_id] = outcome
+    total_deliveries = _counts(DELIVERY_OUTCOMES)
+    for outcome in outcome_by_delivery.values():
+        total_deliveries[outcome] = total_deliveries.get(outcome, 0) + 1
+
+    groups = [
+        SummaryGroup(
+            key=dict(zip(keys, key, strict=True)),
+            attempts=sum(statuses.values()),
+            statuses=statuses,
+            deliveries=deliveries,
+        )
+        for key, (statuses, deliveries) in by_key.items()
+    ]
+    groups.sort(key=lambda g: (-g.attempts, [str(v) for v in g.key.values()]))
+    total_statuses = _counts(ATTEMPT_STATUSES)
+    for g in groups:
+        for status, n in g.statuses.items():
+            total_statuses[status] = total_statuses.get(status, 0) + n
+    total = SummaryGroup(
+        key=dict.fromkeys(keys, None),
+        attempts=sum(total_statuses.values()),
+        statuses=total_statuses,
+        deliveries=total_deliveries,
+    )
+    return Summary(
+        by=by, since_seconds=float(since_seconds), window_start_ms=start, now_ms=now,
+        groups=groups, total=total,
+    )
+
+
+# -- failures and interrupted attempts ----------------------------------------------
+
+_FAILURE_COLUMNS = (
+    "id, delivery_id, attempt, max_attempts, channel, error_type, error_text, failure_class, "
+    "final, started_at_ms, ended_at_ms, trace_id, inbound_id"
+)
+
+
+def failures(
+    db: sqlite_utils.Database,
+    *,
+    since_seconds: float | None = None,
+    channel: str | None = None,
+    limit: int = 50,
+    now_ms: int | None = None,
+) -> list[dict[str, Any]]:
+    """Failed attempts, newest first.
+
+    >>> failures(db, since_seconds=86400, channel="telegram", limit=10)  # doctest: +SKIP
+    [{'delivery_id': 'd1', 'attempt': 2, 'error_type': 'Forbidden', 'final': 1, ...}]
+    """
+    check_limit("limit", limit)
+    where = ["status = 'failed'"]
+    params: dict[str, Any] = {"limit": limit}
+    if since_seconds is not None:
+        where.append("started_at_ms >= :since")
+        params["since"] = window_start(resolve_now(now_ms), since_seconds)
+    if channel is not None:
+        where.append("channel = :channel")
+        params["channel"] = channel
+    return rows(
+        db,
+        f"SELECT {_FAILURE_COLUMNS} FROM attempts WHERE {' AND '.join(where)} "
+        "ORDER BY started_at_ms DESC, id DESC LIMIT :limit",
+        params,
+    )
+
+
+_INTERRUPTED = (
+    f"a.status IN ('started', 'interrupted') AND ({effective_status('a')}) = 'interrupted'"
+)
+
+
+def interrupted(
+    db: sqlite_utils.Database,
+    *,
+    since_seconds: float | None = None,
+    limit: int = 100,
+    now_ms: int | None = None,
+) -> list[dict[str, Any]]:
+    """Attempts that started and never ended, newest first; nothing is rewritten.
+
+    ``why`` says how we know: ``recorded`` (marked interrupted by a writer's rescue or
+    shutdown), ``writer_gone`` (its process no longer runs on this host),
+    ``writer_closed``, or ``stale`` (older than the stale limit).
+
+    >>> interrupted(db, since_seconds=86400)  # doctest: +SKIP
+    [{'delivery_id': 'd7', 'attempt': 1, 'why': 'writer_gone', 'writer_pid': 4242, ...}]
+    """
+    check_limit("limit", limit)
+    now = resolve_now(now_ms)
+    params: dict[str, Any] = {"limit": limit, **liveness_params(db, now)}
+    since = ""
+    if since_seconds is not None:
+        since = "AND a.started_at_ms >= :since"
+        params["since"] = window_start(now, since_seconds)
+    return rows(
+        db,
+        f"""WITH {DEAD_CTE}
+        SELECT a.id, a.delivery_id, a.attempt, a.channel, a.status, a.started_at_ms,
+               a.trace_id, a.inbound_id, a.writer_id, w.pid AS writer_pid,
+               w.host AS writer_host, a.service,
+               CASE
+                   WHEN a.status = 'interrupted' THEN 'recorded'
+                   WHEN a.writer_id IN (SELECT writer_id FROM dead)
+                       THEN CASE WHEN w.ended_at_ms IS NULL THEN 'writer_gone'
+                                 ELSE 'writer_closed' END
+                   ELSE 'stale'
+               END AS why
+        FROM attempts a LEFT JOIN writers w ON w.id = a.writer_id
+        WHERE {_INTERRUPTED} {since}
+        ORDER BY a.started_at_ms DESC, a.id DESC LIMIT :limit""",
+        params,
+    )
+
+
+# -- replies that never arrived ------------------------------------------------------
+
+UNDELIVERED_REASONS = (
+    "enqueue_failed", "failed", "interrupted", "pending_retry", "in_flight", "other", "no_attempt",
+)
+
+
+def _reason(d: DeliveryOutcome) -> str:
+    return d.outcome if d.outcome in UNDELIVERED_REASONS else "other"
+
+
+@dataclass(frozen=True)
+class UndeliveredItem:
+    """A reply that was produced but not delivered (``source="ai_run"``), or a failed
+    enqueue the gateway may have swallowed (``source="enqueue"``)."""
+
+    source: str
+    reason: str
+    at_ms: int
+    trace_id: str
+    inbound_id: str | None
+    channel: str | None
+    delivery_id: str | None
+    attempts: int
+    error_type: str | None
+    error_text: str | None
+
+
+@dataclass(frozen=True)
+class UndeliveredReport:
+    since_seconds: float
+    grace_seconds: float
+    window_start_ms: int
+    now_ms: int
+    items: list[UndeliveredItem]
+
+    @property
+    def replies(self) -> int:
+        """Replies produced but not delivered."""
+        return sum(1 for i in self.items if i.source == "ai_run")
+
+    @property
+    def enqueue_failures(self) -> int:
+        """Failed enqueues not already counted as an undelivered reply."""
+        return sum(1 for i in self.items if i.source == "enqueue")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "replies": self.replies, "enqueue_failures": self.enqueue_failures}
+
+
+def undelivered(
+    db: sqlite_utils.Database,
+    *,
+    since_seconds: float,
+    grace_seconds: float = 60,
+    now_ms: int | None = None,
+) -> UndeliveredReport:
+    """Replies produced in the window, more than ``grace_seconds`` ago, that no attempt
+    in their trace delivered; plus every failed enqueue in the window whose delivery
+    was not delivered later, even when no AI run was recorded.
+
+    ``reason`` is the worst thing that happened: ``enqueue_failed``, ``failed``,
+    ``interrupted``, ``pending_retry``, ``in_flight``, or ``no_attempt``.
+
+    >>> [i.reason for i in undelivered(db, since_seconds=86400).items]  # doctest: +SKIP
+    ['no_attempt', 'enqueue_failed']
+    """
+    check_seconds("grace_seconds", grace_seconds, allow_zero=True)
+    now = resolve_now(now_ms)
+    start = window_start(now, since_seconds)
+    params: dict[str, Any] = {"since": start, "settled": now - int(grace_seconds * 1000)}
+    runs = rows(
+        db,
+        """SELECT r.trace_id, r.inbound_id, r.channel,
+                  COALESCE(r.ended_at_ms, r.started_at_ms) AS at_ms
+        FROM ai_runs r
+        WHERE r.started_at_ms >= :since AND r.reply_produced = 1
+          AND COALESCE(r.ended_at_ms, r.started_at_ms) <= :settled
+          AND NOT EXISTS (
+              -- the unary + keeps SQLite on the trace index; without statistics it
+              -- would pick the status index and read every delivered row per run
+              SELECT 1 FROM attempts a WHERE a.trace_id = r.trace_id AND +a.status = 'delivered'
+          )
+        ORDER BY r.started_at_ms, r.id""",
+        params,
+    )
+    trace_params = {
+        "traces": json.dumps(sorted({r["trace_id"] for r in runs})),
+        **liveness_params(db, now),
+    }
+    in_traces = "trace_id IN (SELECT value FROM json_each(:traces))"
+    outcomes: dict[str, list[DeliveryOutcome]] = defaultdict(list)
+    for d in delivery_outcomes(
+        db, f"SELECT DISTINCT delivery_id FROM attempts WHERE {in_traces}", trace_params
+    ):
+        outcomes[d.trace_id].append(d)
+    failed_enqueues: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for e in rows(
+        db, f"SELECT * FROM enqueues WHERE status = 'failed' AND {in_traces} ORDER BY id",
+        trace_params,
+    ):
+        failed_enqueues[e["trace_id"]].append(e)
+
+    items: list[UndeliveredItem] = []
+    for run in runs:
+        outs = outcomes.get(run["trace_id"], [])
+        lost = lost_enqueues(
+            failed_enqueues.get(run["trace_id"], []), {d.delivery_id for d in outs}
+        )
+        error_type = error_text = delivery_id = None
+        if lost:
+            reason = "enqueue_failed"
+            error_type, error_text = lost[0]["error_type"], lost[0]["error_text"]
+            delivery_id = lost[0]["delivery_id"]
+        elif outs:
+            worst = min(outs, key=lambda d: UNDELIVERED_REASONS.index(_reason(d)))
+            reason = _reason(worst)
+            error_type, error_text = worst.error_type, worst.error_text
+            delivery_id = worst.delivery_id
+        else:
+            reason = "no_attempt"
+        items.append(UndeliveredItem(
+            source="ai_run", reason=reason, at_ms=run["at_ms"], trace_id=run["trace_id"],
+            inbound_id=run["inbound_id"], channel=run["channel"], delivery_id=delivery_id,
+            attempts=sum(d.attempts for d in outs), error_type=error_type, error_text=error_text,
+        ))
+
+    listed = {r["trace_id"] for r in runs}
+    for e in rows(
+        db,
+        """SELECT e.* FROM enqueues e
+        WHERE e.status = 'failed' AND e.started_at_ms >= :since
+          AND NOT (e.delivery_id IS NOT NULL AND EXISTS (
+              SELECT 1 FROM attempts a WHERE a.delivery_id = e.delivery_id
+              AND +a.status = 'delivered'))
+        ORDER BY e.started_at_ms, e.id""",
+        params,
+    ):
+        if e["trace_id"] in listed:
+            continue  # already told as that reply's story
+        items.append(UndeliveredItem(
+            source="enqueue", reason="enqueue_failed", at_ms=e["started_at_ms"],
+            trace_id=e["trace_id"], inbound_id=e["inbound_id"], channel=e["channel"],
+            delivery_id=e["delivery_id"], attempts=0, error_type=e["error_type"],
+            error_text=e["error_text"],
+        ))
+    items.sort(key=lambda i: (i.at_ms, i.trace_id))
+    return UndeliveredReport(
+        since_seconds=float(since_seconds), grace_seconds=float(grace_seconds),
+        window_start_ms=start, now_ms=now, items=items,
+    )
+
+
+# -- health --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """``ok`` is False when any figure is over its limit; ``reasons`` says which."""
+
+    ok: bool
+    reasons: list[str]
+    since_seconds: float
+    window_start_ms: int
+    now_ms: int
+    attempts: int
+    failed: int
+    channels: list[dict[str, Any]]
+    interrupted: int
+    undelivered: int
+    enqueue_failures: int
+    drops: dict[str, int]
+    limits: dict[str, float]
+
+    def headline(self) -> str:
+        """One line for a healthy report (or a log line either way)."""
+        rate = f" ({self.failed / self.attempts:.1%})" if self.attempts else ""
+        return (
+            f"{self.attempts} attempts, {self.failed} failed{rate}, "
+            f"{self.interrupted} interrupted, {self.undelivered} undelivered, "
+            f"{self.enqueue_failures} enqueue failures, {sum(self.drops.values())} dropped "
+            f"in the last {format_duration(self.since_seconds)}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
+def health(
+    db: sqlite_utils.Database,
+    *,
+    since_seconds: float = 3600,
+    max_failure_rate: float = 0.05,
+    max_interrupted: int = 0,
+    max_undelivered: int = 0,
+    max_enqueue_failures: int = 0,
+    max_drops: int = 0,
+    min_attempts_for_rate: int = 1,
+    grace_seconds: float = 60,
+    now_ms: int | None = None,
+) -> HealthReport:
+    """Check the window against limits, for cron and monitoring.
+
+    The failure rate is failed attempts over all attempts, per channel, and is judged
+    only on channels with at least ``min_attempts_for_rate`` attempts. Drops are the
+    ``drops`` rows whose latest drop falls in the window (their counts are totals).
+
+    >>> report = health(db, since_seconds=3600)  # doctest: +SKIP
+    >>> report.ok, report.reasons  # doctest: +SKIP
+    (False, ['failure rate 12.5% (5 of 40 attempts) on channel telegram exceeds 5.0%'])
+    """
+    if not 0 <= max_failure_rate <= 1:
+        raise InvalidArgumentError(
+            f"max_failure_rate must be a fraction between 0 and 1, got {max_failure_rate!r}"
+        )
+    for name, value in (
+        ("max_interrupted", max_interrupted), ("max_undelivered", max_undelivered),
+        ("max_enqueue_failures", max_enqueue_failures), ("max_drops", max_drops),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidArgumentError(f"{name} must be a whole number >= 0, got {value!r}")
+    check_limit("min_attempts_for_rate", min_attempts_for_rate)
+    now = resolve_now(now_ms)
+    start = window_start(now, since_seconds)
+    window = format_duration(since_seconds)
+    params: dict[str, Any] = {"since": start, **liveness_params(db, now)}
+    reasons: list[str] = []
+
+    channels = [
+        {"channel": ch, "attempts": n, "failed": int(failed), "failure_rate": failed / n}
+        for ch, n, failed in db.execute(
+            "SELECT channel, COUNT(*), TOTAL(status = 'failed') FROM attempts "
+            "WHERE started_at_ms >= :since GROUP BY channel ORDER BY channel",
+            params,
+        ).fetchall()
+    ]
+    for ch in channels:
+        if ch["attempts"] >= min_attempts_for_rate and ch["failure_rate"] > max_failure_rate:
+            reasons.append(
+                f"failure rate {ch['failure_rate']:.1%} ({ch['failed']} of "
+                f"{_plural(ch['attempts'], 'attempt')}) on channel {ch['channel']} "
+                f"exceeds {max_failure_rate:.1%}"
+            )
+    (n_interrupted,) = db.execute(
+        f"WITH {DEAD_CTE} SELECT COUNT(*) FROM attempts a "
+        f"WHERE {_INTERRUPTED} AND a.started_at_ms >= :since",
+        params,
+    ).fetchone()
+    if n_interrupted > max_interrupted:
+        reasons.append(
+            f"{_plural(n_interrupted, 'interrupted attempt')} in the last {window} "
+            f"(max {max_interrupted})"
+        )
+    n_undelivered = undelivered(
+        db, since_seconds=since_seconds, grace_seconds=grace_seconds, now_ms=now
+    ).replies
+    if n_undelivered > max_undelivered:
+        reasons.append(
+            f"{_plural(n_undelivered, 'reply', 'replies')} produced but not delivered "
+            f"in the last {window} (max {max_undelivered})"
+        )
+    (n_enqueue,) = db.execute(
+        "SELECT COUNT(*) FROM enqueues WHERE status = 'failed' AND started_at_ms >= :since",
+        params,
+    ).fetchone()
+    if n_enqueue > max_enqueue_failures:
+        reasons.append(
+            f"{_plural(n_enqueue, 'enqueue failure')} in the last {window} "
+            f"(max {max_enqueue_failures})"
+        )
+    drops = dict(
+        db.execute(
+            "SELECT reason, count FROM drops WHERE last_at_ms >= :since ORDER BY reason", params
+        ).fetchall()
+    )
+    if sum(drops.values()) > max_drops:
+        detail = ", ".join(f"{reason}: {n}" for reason, n in drops.items())
+        reasons.append(
+            f"{_plural(sum(drops.values()), 'record')} dropped before reaching the store "
+            f"({detail}), the latest in the last {window} (max {max_drops})"
+        )
+    return HealthReport(
+        ok=not reasons,
+        reasons=reasons,
+        since_seconds=float(since_seconds),
+        window_start_ms=start,
+        now_ms=now,
+        attempts=sum(ch["attempts"] for ch in channels),
+        failed=sum(ch["failed"] for ch in channels),
+        channels=channels,
+        interrupted=n_interrupted,
+        undelivered=n_undelivered,
+        enqueue_failures=n_enqueue,
+        drops=drops,
+        limits={
+            "max_failure_rate": max_failure_rate, "max_interrupted": max_interrupted,
+            "max_undelivered": max_undelivered, "max_enqueue_failures": max_enqueue_failures,
+            "max_drops": max_drops, "min_attempts_for_rate": min_attempts_for_rate,
+        },
+    )
