@@ -7,6 +7,7 @@ read them back with the query functions here, the ``otel-delivery`` CLI, or plai
 from __future__ import annotations
 
 from ._durations import format_duration, parse_duration
+from ._prune import PruneResult, prune
 from ._queries import (
     ATTEMPT_STATUSES,
     DELIVERY_OUTCOMES,
@@ -46,6 +47,7 @@ __all__ = [
     "HealthReport",
     "InvalidArgumentError",
     "NotFoundError",
+    "PruneResult",
     "QueryRefusedError",
     "StoreCorruptError",
     "StoreError",
@@ -63,6 +65,7 @@ __all__ = [
     "interrupted",
     "open_store",
     "parse_duration",
+    "prune",
     "readonly_query",
     "summary",
     "trace_story",

@@ -1,0 +1,311 @@
+"""Retention: delete by age (and optionally by row count) without stalling the gateway.
+
+Failures are kept longer than successes, and a message's inbound row, AI run and
+enqueues stay as long as any attempt of its trace does, so every failure that is
+kept can still be told as a whole story (``trace_story``).
+
+Deletes go in small batches. Each batch first finds its row ids with a plain read
+(no lock held), then deletes them by primary key in its own short transaction,
+re-checking the rule so a row a writer changed in between is left alone. Between
+batches the write lock is left free for at least as long as the batch held it:
+SQLite's busy handler polls with growing sleeps, and a lock that is released for
+only a few microseconds would starve a waiting writer until its timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import sqlite_utils
+
+from ._arguments import check_limit, check_seconds, resolve_now
+from ._rescue import DEFAULT_STALE_AFTER_MS
+from .exceptions import InvalidArgumentError
+
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_VACUUM_PAGES_PER_STEP", "PruneResult", "prune"]
+
+DEFAULT_BATCH_SIZE = 500
+DEFAULT_VACUUM_PAGES_PER_STEP = 256
+# Longest pause between batches: enough for any hot-path writer to get in.
+_MAX_PAUSE_SECONDS = 0.05
+_MAX_ID = 2**63 - 1
+# (time, id) bounds; below every real row, so "nothing" when a rule does not apply.
+_NOTHING = (-1, -1)
+
+# An attempt this prune deletes (:d_* and :o_* are inclusive (time, id) bounds for
+# delivered and other attempts). An attempt still ``started`` and younger than the
+# stale limit may be mid-send, so it is never deleted, whatever the limits say.
+_DELETED_ATTEMPT = """(
+    ({a}.status = 'delivered' AND ({a}.started_at_ms, {a}.id) <= (:d_ms, :d_id))
+    OR ({a}.status != 'delivered'
+        AND NOT ({a}.status = 'started' AND {a}.started_at_ms >= :stale)
+        AND ({a}.started_at_ms, {a}.id) <= (:o_ms, :o_id))
+)"""
+_OTHER_DELETABLE = (
+    "x.status != 'delivered' AND NOT (x.status = 'started' AND x.started_at_ms >= :stale)"
+)
+# Rows of a trace that still has a kept attempt or a kept failed enqueue stay until
+# keep_failed_for, so the kept failure keeps its story. The unary + keeps SQLite on the
+# trace index: without statistics it would otherwise pick the status index and scan
+# every failed enqueue once per row.
+_TRACE_UNUSED = f"""(
+    NOT EXISTS (SELECT 1 FROM attempts k WHERE k.trace_id = x.trace_id
+                AND NOT {_DELETED_ATTEMPT.format(a="k")})
+    AND NOT EXISTS (SELECT 1 FROM enqueues e WHERE e.trace_id = x.trace_id
+                    AND +e.status = 'failed' AND +e.started_at_ms >= :keep)
+)"""
+
+
+@dataclass(frozen=True)
+class _Pass:
+    table: str
+    time_column: str
+    where: str
+    bound: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What a prune deleted (or, with ``dry_run``, would delete), and the space it gave back."""
+
+    dry_run: bool
+    deleted: dict[str, int]
+    batches: int
+    older_than_ms: int
+    keep_failed_before_ms: int
+    page_count_before: int
+    page_count_after: int
+    freelist_after: int
+    pages_freed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def prune(
+    db: sqlite_utils.Database,
+    *,
+    older_than_seconds: float,
+    keep_failed_for_seconds: float,
+    max_attempts: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    dry_run: bool = False,
+    vacuum_pages_per_step: int = DEFAULT_VACUUM_PAGES_PER_STEP,
+    now_ms: int | None = None,
+) -> PruneResult:
+    """Delete delivered attempts older than ``older_than_seconds``, failed and
+    interrupted ones older than ``keep_failed_for_seconds``, and inbound rows, AI runs,
+    enqueues and closed writers nothing kept refers to; then give the space back.
+
+    ``max_attempts`` also caps the attempts kept: the oldest delivered go first, then
+    the oldest others. Open the store for writing (``open_store(path)``).
+
+    >>> prune(db, older_than_seconds=30 * 86400,
+    ...       keep_failed_for_seconds=90 * 86400)  # doctest: +SKIP
+    PruneResult(dry_run=False, deleted={'attempts': 1200, ...}, pages_freed=310, ...)
+    """
+    check_seconds("older_than_seconds", older_than_seconds)
+    check_seconds("keep_failed_for_seconds", keep_failed_for_seconds)
+    if keep_failed_for_seconds < older_than_seconds:
+        raise InvalidArgumentError(
+            f"keep_failed_for_seconds ({keep_failed_for_seconds:g}) must be at least "
+            f"older_than_seconds ({older_than_seconds:g}): failures are kept longer, not shorter"
+        )
+    if max_attempts is not None:
+        check_limit("max_attempts", max_attempts)
+    check_limit("batch_size", batch_size)
+    check_limit("vacuum_pages_per_step", vacuum_pages_per_step)
+
+    now = resolve_now(now_ms)
+    old = now - int(older_than_seconds * 1000)
+    keep = now - int(keep_failed_for_seconds * 1000)
+    params: dict[str, Any] = {"keep": keep, "stale": now - DEFAULT_STALE_AFTER_MS}
+    delivered_bound = (old - 1, _MAX_ID)
+    other_bound = (keep - 1, _MAX_ID)
+    if max_attempts is not None:
+        cap_delivered, cap_other = _cap_bounds(
+            db, params, delivered_bound, other_bound, max_attempts
+        )
+        delivered_bound = max(delivered_bound, cap_delivered)
+        other_bound = max(other_bound, cap_other)
+    params.update(d_ms=delivered_bound[0], d_id=delivered_bound[1],
+                  o_ms=other_bound[0], o_id=other_bound[1])
+
+    page_count_before = _pragma(db, "page_count")
+    passes = [
+        _Pass("attempts", "started_at_ms", "x.status = 'delivered'", delivered_bound),
+        _Pass("attempts", "started_at_ms", _OTHER_DELETABLE, other_bound),
+        # Once older than keep_failed_for, nothing keeps a row.
+        *(
+            _Pass(table, column, f"(x.{column} < :keep OR {_TRACE_UNUSED})", (old - 1, _MAX_ID))
+            for table, column in (
+                ("inbound_messages", "received_at_ms"),
+                ("ai_runs", "started_at_ms"),
+                ("enqueues", "started_at_ms"),
+            )
+        ),
+        # A writer with an attempt still 'started' is how readers tell a crash from a
+        # send in progress; it goes when that attempt does.
+        _Pass(
+            "writers", "ended_at_ms",
+            "NOT EXISTS (SELECT 1 FROM attempts a WHERE a.writer_id = x.id "
+            f"AND a.status = 'started' AND NOT {_DELETED_ATTEMPT.format(a='a')})",
+            (keep - 1, _MAX_ID),
+        ),
+    ]
+    deleted = dict.fromkeys(
+        ("attempts", "inbound_messages", "ai_runs", "enqueues", "writers"), 0
+    )
+    batches = 0
+    for p in passes:
+        n, b = _run_pass(db, p, params, batch_size=batch_size, dry_run=dry_run)
+        deleted[p.table] += n
+        batches += b
+    if not dry_run:
+        _reclaim(db, vacuum_pages_per_step)
+        _refresh_statistics(db)
+    page_count_after = _pragma(db, "page_count")
+    return PruneResult(
+        dry_run=dry_run,
+        deleted=deleted,
+        batches=batches,
+        older_than_ms=old,
+        keep_failed_before_ms=keep,
+        page_count_before=page_count_before,
+        page_count_after=page_count_after,
+        freelist_after=_pragma(db, "freelist_count"),
+        pages_freed=max(0, page_count_before - page_count_after),
+    )
+
+
+def _cap_bounds(
+    db: sqlite_utils.Database,
+    params: dict[str, Any],
+    delivered_bound: tuple[int, int],
+    other_bound: tuple[int, int],
+    max_attempts: int,
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(time, id) bounds that also delete the oldest rows beyond ``max_attempts``.
+
+    Worked out once, before anything is deleted, so a dry run and a real run agree.
+    """
+    bound = {"d_ms": delivered_bound[0], "d_id": delivered_bound[1],
+             "o_ms": other_bound[0], "o_id": other_bound[1]}
+    q = {**params, **bound}
+    (kept,) = db.execute(
+        f"SELECT COUNT(*) FROM attempts x WHERE NOT {_DELETED_ATTEMPT.format(a='x')}", q
+    ).fetchone()
+    excess = kept - max_attempts
+    cap_delivered = cap_other = _NOTHING
+
+    def nth_oldest(where: str, after: tuple[int, int], n: int) -> tuple[int, int]:
+        row = db.execute(
+            f"SELECT started_at_ms, id FROM attempts x WHERE {where} "
+            "AND (x.started_at_ms, x.id) > (:after_ms, :after_id) "
+            "ORDER BY x.started_at_ms, x.id LIMIT 1 OFFSET :skip",
+            {**q, "after_ms": after[0], "after_id": after[1], "skip": n - 1},
+        ).fetchone()
+        return (int(row[0]), int(row[1]))
+
+    for kind, where, after in (
+        ("delivered", "x.status = 'delivered'", delivered_bound),
+        ("other", _OTHER_DELETABLE, other_bound),
+    ):
+        if excess <= 0:
+            break
+        (available,) = db.execute(
+            f"SELECT COUNT(*) FROM attempts x WHERE {where} "
+            "AND (x.started_at_ms, x.id) > (:after_ms, :after_id)",
+            {**q, "after_ms": after[0], "after_id": after[1]},
+        ).fetchone()
+        take = min(excess, available)
+        if take:
+            if kind == "delivered":
+                cap_delivered = nth_oldest(where, after, take)
+            else:
+                cap_other = nth_oldest(where, after, take)
+            excess -= take
+    return cap_delivered, cap_other
+
+
+def _run_pass(
+    db: sqlite_utils.Database,
+    p: _Pass,
+    params: dict[str, Any],
+    *,
+    batch_size: int,
+    dry_run: bool,
+) -> tuple[int, int]:
+    """Delete (or count) the rows of one pass, oldest first; return (rows, batches)."""
+    in_bound = (
+        f"(x.{p.time_column}, x.id) <= (:bound_ms, :bound_id) AND x.{p.time_column} IS NOT NULL"
+    )
+    find = (
+        f"SELECT x.id, x.{p.time_column} FROM {p.table} x WHERE {in_bound} "
+        f"AND (x.{p.time_column}, x.id) > (:after_ms, :after_id) AND {p.where} "
+        f"ORDER BY x.{p.time_column}, x.id LIMIT :batch"
+    )
+    # NOT INDEXED keeps the delete on the primary key; left to itself SQLite may walk
+    # the status index through every old row to find the batch's few hundred.
+    delete = (
+        f"DELETE FROM {p.table} AS x NOT INDEXED "
+        f"WHERE x.id IN (SELECT value FROM json_each(:ids)) AND {in_bound} AND {p.where}"
+    )
+    q = {**params, "bound_ms": p.bound[0], "bound_id": p.bound[1], "batch": batch_size}
+    # Keyset paging: rows a rule keeps are passed over once, not re-read by every batch.
+    after = (-(2**63), -(2**63))
+    total = batches = 0
+    while True:
+        found = db.execute(find, {**q, "after_ms": after[0], "after_id": after[1]}).fetchall()
+        if not found:
+            return total, batches
+        after = (int(found[-1][1]), int(found[-1][0]))
+        if dry_run:
+            total += len(found)
+            continue
+        started = time.monotonic()
+        with db.atomic():
+            total += db.execute(delete, {**q, "ids": json.dumps([r[0] for r in found])}).rowcount
+        batches += 1
+        _let_writers_in(time.monotonic() - started)
+
+
+def _let_writers_in(held_seconds: float) -> None:
+    time.sleep(min(held_seconds, _MAX_PAUSE_SECONDS))
+
+
+def _refresh_statistics(db: sqlite_utils.Database) -> None:
+    """Sample the indexes so SQLite can tell a selective one from a broad one.
+
+    Without statistics the planner guesses, and for a lookup such as "attempts of this
+    trace with status delivered" (the v_undelivered view) it guesses the status index,
+    reading every delivered row once per run. ``analysis_limit`` bounds the sampling
+    to a few milliseconds however large the store is.
+    """
+    db.execute("PRAGMA analysis_limit = 400")
+    db.execute("ANALYZE")
+
+
+def _pragma(db: sqlite_utils.Database, name: str) -> int:
+    return int(db.execute(f"PRAGMA {name}").fetchone()[0])
+
+
+def _reclaim(db: sqlite_utils.Database, pages_per_step: int) -> None:
+    """Return free pages to the file system, a few at a time (each step is a write)."""
+    if _pragma(db, "auto_vacuum") != 2:  # created without INCREMENTAL: nothing to do cheaply
+        return
+    free = _pragma(db, "freelist_count")
+    while free > 0:
+        started = time.monotonic()
+        # The pragma frees one page per step of the statement: fetch it all to finish.
+        db.execute(f"PRAGMA incremental_vacuum({int(pages_per_step)})").fetchall()
+        _let_writers_in(time.monotonic() - started)
+        left = _pragma(db, "freelist_count")
+        if left >= free:  # a writer is reusing pages as fast as we free them
+            break
+        free = left
+    # In WAL mode the file shrinks when the WAL is checkpointed; PASSIVE never waits.
+    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()

@@ -1,0 +1,298 @@
+"""Retention: what prune deletes, what it keeps, in batches, and the space it gives back."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlite_utils
+
+from local_store import (
+    InvalidArgumentError,
+    StoreWriter,
+    open_store,
+    prune,
+    readonly_query,
+    trace_story,
+)
+from tests.store_builder import DAY_MINUTES, StoreBuilder
+
+DAY = 86400
+
+
+@pytest.fixture
+def builder(tmp_path: Path) -> Iterator[StoreBuilder]:
+    b = StoreBuilder(tmp_path / "deliveries.db")
+    yield b
+    b.close()
+
+
+def opened(b: StoreBuilder) -> sqlite_utils.Database:
+    b.flush()
+    return open_store(b.path)
+
+
+def count(path: Path, table: str, where: str = "1") -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {where}").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def delivery_ids(path: Path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {r[0] for r in conn.execute("SELECT DISTINCT delivery_id FROM attempts")}
+    finally:
+        conn.close()
+
+
+def traces(path: Path, table: str) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {r[0] for r in conn.execute(f"SELECT trace_id FROM {table}")}
+    finally:
+        conn.close()
+
+
+def test_prune_keeps_failures_longer_than_successes(builder: StoreBuilder) -> None:
+    b = builder
+    plans = {
+        # name: (plan, age in days)
+        "delivered_40d": ("delivered_first", 40),
+        "delivered_10d": ("delivered_first", 10),
+        "failed_40d": ("failed_final", 40),
+        "failed_100d": ("failed_final", 100),
+        "interrupted_40d": ("interrupted", 40),
+        "interrupted_100d": ("interrupted", 100),
+    }
+    written = {
+        name: b.delivery(plan, minutes_ago=days * DAY_MINUTES)
+        for name, (plan, days) in plans.items()
+    }
+    # A failed enqueue is a failure too: it (and its message) is kept as long.
+    swallowed = b.message(minutes_ago=40 * DAY_MINUTES)
+    b.enqueue(swallowed.trace_id, None, minutes_ago=40 * DAY_MINUTES - 1, failed=True)
+    db = opened(b)
+
+    result = prune(db, older_than_seconds=30 * DAY, keep_failed_for_seconds=90 * DAY,
+                   now_ms=b.now_ms)
+
+    kept = {"delivered_10d", "failed_40d", "interrupted_40d"}
+    assert delivery_ids(b.path) == {written[name][1] for name in kept}
+    kept_traces = {written[name][0].trace_id for name in kept} | {swallowed.trace_id}
+    # The kept failures keep their story; the pruned deliveries lose theirs.
+    assert traces(b.path, "inbound_messages") == kept_traces
+    assert traces(b.path, "ai_runs") == kept_traces
+    assert traces(b.path, "enqueues") == {swallowed.trace_id}
+    assert trace_story(db, delivery_id=written["failed_40d"][1]).verdict.startswith(
+        "failed permanently after 2 attempts"
+    )
+    # failed_final has two attempts; the others one each.
+    assert result.deleted == {
+        "attempts": 1 + 2 + 1, "inbound_messages": 3, "ai_runs": 3, "enqueues": 0,
+        "writers": 0,
+    }
+    assert not result.dry_run
+    db.close()
+
+
+def test_prune_deletes_everything_older_than_keep_failed_for(builder: StoreBuilder) -> None:
+    for days in (95, 100):
+        builder.delivery("failed_final", minutes_ago=days * DAY_MINUTES)
+        m = builder.message(minutes_ago=days * DAY_MINUTES)
+        builder.enqueue(m.trace_id, None, minutes_ago=days * DAY_MINUTES, failed=True)
+    db = opened(builder)
+    prune(db, older_than_seconds=30 * DAY, keep_failed_for_seconds=90 * DAY, now_ms=builder.now_ms)
+    for table in ("attempts", "inbound_messages", "ai_runs", "enqueues"):
+        assert count(builder.path, table) == 0, table
+    db.close()
+
+
+def test_prune_goes_in_batches(builder: StoreBuilder) -> None:
+    for _ in range(230):
+        builder.delivery("delivered_first", minutes_ago=40 * DAY_MINUTES)
+    for _ in range(5):
+        builder.delivery("delivered_first", minutes_ago=DAY_MINUTES)
+    db = opened(builder)
+
+    result = prune(db, older_than_seconds=30 * DAY, keep_failed_for_seconds=30 * DAY,
+                   batch_size=50, now_ms=builder.now_ms)
+
+    assert result.deleted["attempts"] == 230
+    assert result.deleted["inbound_messages"] == result.deleted["ai_runs"] == 230
+    # 230 rows in 50s is 5 batches, for attempts, inbound messages and runs alike.
+    assert result.batches == 3 * 5
+    assert count(builder.path, "attempts") == 5
+    db.close()
+
+
+def test_dry_run_changes_nothing_and_predicts_the_real_run(builder: StoreBuilder) -> None:
+    for days, plan in ((40, "delivered_first"), (40, "failed_final"), (100, "interrupted"),
+                       (5, "delivered_first"), (50, "delivered_after_retry")):
+        for _ in range(3):
+            builder.delivery(plan, minutes_ago=days * DAY_MINUTES)
+    db = opened(builder)
+    before = {t: count(builder.path, t) for t in ("attempts", "inbound_messages", "ai_runs")}
+    args = {"older_than_seconds": 30 * DAY, "keep_failed_for_seconds": 90 * DAY,
+            "max_attempts": 8, "batch_size": 4, "now_ms": builder.now_ms}
+
+    dry = prune(db, dry_run=True, **args)  # type: ignore[arg-type]
+
+    assert dry.dry_run and dry.batches == 0 and dry.pages_freed == 0
+    assert {t: count(builder.path, t) for t in before} == before
+    real = prune(db, **args)  # type: ignore[arg-type]
+    assert real.deleted == dry.deleted
+    assert sum(real.deleted.values()) > 0
+    db.close()
+
+
+def test_max_attempts_deletes_the_oldest_delivered_first(builder: StoreBuilder) -> None:
+    b = builder
+    failed = [b.delivery("failed_final", minutes_ago=(20 + i) * DAY_MINUTES)[1] for i in range(2)]
+    delivered = [b.delivery("delivered_first", minutes_ago=(10 - i) * DAY_MINUTES)[1]
+                 for i in range(6)]
+    db = opened(b)  # 4 failed attempts + 6 delivered, all younger than older_than
+
+    prune(db, older_than_seconds=60 * DAY, keep_failed_for_seconds=90 * DAY, max_attempts=7,
+          now_ms=b.now_ms)
+    # Three over the cap: the three oldest delivered go; every failure stays.
+    assert delivery_ids(b.path) == set(failed) | set(delivered[3:])
+
+    prune(db, older_than_seconds=60 * DAY, keep_failed_for_seconds=90 * DAY, max_attempts=2,
+          now_ms=b.now_ms)
+    # Five over: the three delivered left, then the two oldest failed attempts (both
+    # of the 21-day-old delivery).
+    assert delivery_ids(b.path) == {failed[0]}
+    assert count(b.path, "attempts") == 2
+    db.close()
+
+
+def test_prune_never_deletes_an_attempt_that_may_still_be_sending(
+    builder: StoreBuilder,
+) -> None:
+    b = builder
+    _, sending = b.delivery("in_flight", minutes_ago=10)  # live writer, fresh
+    _, abandoned = b.delivery("in_flight", minutes_ago=180)  # past the stale limit
+    db = opened(b)
+    prune(db, older_than_seconds=60, keep_failed_for_seconds=60, max_attempts=1,
+          now_ms=b.now_ms)
+    assert delivery_ids(b.path) == {sending}
+    assert abandoned not in delivery_ids(b.path)
+    db.close()
+
+
+def test_prune_drops_closed_writers_with_nothing_left_open(tmp_path: Path) -> None:
+    path = tmp_path / "deliveries.db"
+    old = StoreBuilder(path)
+    old.close()
+    old_writer = count(path, "writers")
+    live = StoreBuilder(path)
+    live.delivery("in_flight", minutes_ago=1)
+    db = opened(live)
+    # The closed writer ended "100 days ago" as far as this prune is concerned.
+    result = prune(db, older_than_seconds=1, keep_failed_for_seconds=1,
+                   now_ms=live.now_ms + 100 * DAY * 1000)
+    assert result.deleted["writers"] == old_writer == 1
+    assert count(path, "writers") == 1  # the live one, still open
+    db.close()
+    live.close()
+
+
+def test_prune_gives_the_space_back(builder: StoreBuilder) -> None:
+    bulky = {"provider_message_id": "x" * 2000}
+    for i in range(400):
+        m = builder.message(minutes_ago=40 * DAY_MINUTES)
+        builder.attempt(m.trace_id, f"d{i}", status="delivered", minutes_ago=40 * DAY_MINUTES,
+                        extra=bulky)
+    builder.delivery("delivered_first", minutes_ago=DAY_MINUTES)
+    db = opened(builder)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size_before = builder.path.stat().st_size
+
+    result = prune(db, older_than_seconds=30 * DAY, keep_failed_for_seconds=30 * DAY,
+                   vacuum_pages_per_step=16, now_ms=builder.now_ms)
+
+    assert result.deleted["attempts"] == 400
+    assert result.page_count_after < result.page_count_before / 4
+    assert result.pages_freed == result.page_count_before - result.page_count_after
+    assert result.freelist_after == 0
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert builder.path.stat().st_size < size_before / 4
+    db.close()
+
+
+def test_prune_leaves_statistics_that_keep_the_views_on_the_trace_index(
+    builder: StoreBuilder,
+) -> None:
+    for _ in range(50):
+        builder.delivery("delivered_first", minutes_ago=10)
+    db = opened(builder)
+    plan = "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM v_undelivered"
+
+    def index_used() -> str:
+        return " ".join(str(row[-1]) for row in db.execute(plan).fetchall())
+
+    prune(db, older_than_seconds=30 * DAY, keep_failed_for_seconds=30 * DAY)
+    db.close()
+    db = open_store(builder.path)  # a new connection reads the new statistics
+    assert "idx_attempts_trace" in index_used()
+    # Read-only SQL still works on a store that now has sqlite_stat1.
+    assert readonly_query(builder.path, "SELECT COUNT(*) FROM v_undelivered")[1] == [(0,)]
+    db.close()
+
+
+def test_prune_while_a_gateway_writes_loses_nothing(builder: StoreBuilder) -> None:
+    for _ in range(300):
+        builder.delivery("delivered_first", minutes_ago=40 * DAY_MINUTES)
+    db = opened(builder)
+    gateway = StoreWriter(builder.path, service="live-gateway")
+    now = builder.now_ms
+
+    def send(n: int) -> None:
+        for i in range(n):
+            # Ids apart from the builder's, which count up from 1 in the same format.
+            row = {"delivery_id": f"live-{i}", "trace_id": f"f{i:031x}", "span_id": f"f{i:015x}",
+                   "channel": "telegram", "started_at_ms": now}
+            gateway.start_attempt(row)
+            gateway.end_attempt({**row, "status": "delivered", "ended_at_ms": now + 1})
+
+    sender = threading.Thread(target=send, args=(200,))
+    sender.start()
+    result = prune(db, older_than_seconds=30 * DAY, keep_failed_for_seconds=30 * DAY,
+                   batch_size=20, now_ms=now)
+    sender.join()
+    assert gateway.flush(10)
+
+    assert result.deleted["attempts"] == 300
+    assert count(builder.path, "attempts", "delivery_id LIKE 'live-%'") == 200
+    assert count(builder.path, "attempts", "status = 'delivered'") == 200
+    lost = {k: v for k, v in gateway.stats().items() if k not in ("deferred", "queued")}
+    assert lost == {}
+    gateway.close()
+    db.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"older_than_seconds": 30 * DAY, "keep_failed_for_seconds": 7 * DAY},
+         "failures are kept longer"),
+        ({"older_than_seconds": 0, "keep_failed_for_seconds": DAY}, "older_than_seconds"),
+        ({"older_than_seconds": DAY, "keep_failed_for_seconds": DAY, "max_attempts": 0},
+         "max_attempts"),
+        ({"older_than_seconds": DAY, "keep_failed_for_seconds": DAY, "batch_size": 0},
+         "batch_size"),
+    ],
+)
+def test_prune_rejects_bad_limits(
+    builder: StoreBuilder, kwargs: dict[str, float], message: str
+) -> None:
+    db = opened(builder)
+    with pytest.raises(InvalidArgumentError, match=message):
+        prune(db, **kwargs)  # type: ignore[arg-type]
+    db.close()
