@@ -1,0 +1,505 @@
+"""``otel-delivery``: the operator's questions about the local store, one command each.
+
+Every command is thin: resolve the store path, open it, call one ``local_store``
+function, print. Library errors become one ``Error: ...`` line and a non-zero exit
+(see :class:`_Group`), so a command added later gets the same treatment for free.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import click
+import sqlite_utils
+
+import local_store
+from local_store import (
+    ATTEMPT_STATUSES,
+    DELIVERY_OUTCOMES,
+    InvalidArgumentError,
+    StoreError,
+    format_duration,
+    open_store,
+    parse_duration,
+)
+
+from ._paths import STORE_ENV, resolve_store_path
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Group(click.Group):
+    """Turns every library and SQLite error of every subcommand into one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StoreError as exc:
+            raise click.ClickException(str(exc)) from None
+        except sqlite3.Error as exc:
+            raise click.ClickException(f"SQLite: {exc}") from None
+        except BrokenPipeError:
+            raise  # output piped into `head`: click exits quietly
+        except OSError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Query the local delivery store that otel_delivery.configure() writes.
+
+    The store is --store PATH, else $OTEL_DELIVERY_STORE, else
+    ~/.local/state/otel-delivery/deliveries.db. Every command takes --json.
+
+    \b
+    Example:
+      otel-delivery summary --since 7d --by channel
+    """
+
+
+def _store_and_json(f: F) -> F:
+    f = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
+    f = click.option(
+        "--store",
+        metavar="PATH",
+        help=f"Store file (default: ${STORE_ENV}, "
+        "else ~/.local/state/otel-delivery/deliveries.db).",
+    )(f)
+    return f
+
+
+def _duration_option(name: str, **kwargs: Any) -> Callable[[F], F]:
+    """An option read with :func:`parse_duration` (in the command, so a bad value is
+    one ``Error:`` line like every other)."""
+    return click.option(name, metavar="DURATION", **kwargs)
+
+
+@contextmanager
+def _opened(store: str | None) -> Iterator[sqlite_utils.Database]:
+    db = open_store(resolve_store_path(store))
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def _seconds(option: str, text: str, *, allow_zero: bool = False) -> float:
+    try:
+        seconds = parse_duration(text)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"{option}: {exc}") from None
+    if seconds == 0 and not allow_zero:
+        raise InvalidArgumentError(f"{option} must be longer than 0, got {text!r}")
+    return seconds
+
+
+def _optional_seconds(option: str, text: str | None) -> float | None:
+    return None if text is None else _seconds(option, text)
+
+
+# -- output --------------------------------------------------------------------------
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+def _print_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, default=_json_default))
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _cell(value: object, width: int = 60) -> str:
+    if value is None:
+        return "-"
+    text = " ".join(str(value).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], *, width: int = 60
+) -> str:
+    """Aligned columns, numbers to the right, no borders; cells cut at ``width``."""
+    numeric = [
+        all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) and bool(rows)
+        for i in range(len(headers))
+    ]
+    cells = [list(headers)] + [[_cell(v, width) for v in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(
+            c.rjust(w) if num else c.ljust(w)
+            for c, w, num in zip(row, widths, numeric, strict=True)
+        ).rstrip()
+        for row in cells
+    ]
+    return "\n".join(lines)
+
+
+def _window(since_seconds: float | None, start_ms: int | None = None) -> str:
+    if since_seconds is None:
+        return "in the store"
+    start = f" (since {_when(start_ms)})" if start_ms is not None else ""
+    return f"in the last {format_duration(since_seconds)}{start}"
+
+
+# -- commands ------------------------------------------------------------------------
+
+
+@main.command(short_help="Attempts and deliveries per channel, error or status.")
+@_duration_option("--since", default="7d", show_default=True, help="Window: 90s, 5m, 1h, 7d, 2w.")
+@click.option(
+    "--by", default="channel", show_default=True, metavar="channel|error|status",
+    help="Group attempts by channel, by error type (failed attempts only) or by status.",
+)
+@_store_and_json
+def summary(store: str | None, as_json: bool, since: str, by: str) -> None:
+    """Count attempts by status and deliveries by final outcome, per group.
+
+    A delivery's outcome is judged on all its attempts: delivered, failed (for
+    good), pending_retry, interrupted (its process died mid-send) or in_flight.
+
+    \b
+    Example:
+      otel-delivery summary --since 7d --by error
+    """
+    with _opened(store) as db:
+        result = local_store.summary(db, since_seconds=_seconds("--since", since), by=by)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    keys = list(result.total.key)
+    statuses = _ordered(ATTEMPT_STATUSES, (g.statuses for g in result.groups))
+    outcomes = _ordered(DELIVERY_OUTCOMES, [result.total.deliveries])
+    groups = [*result.groups, result.total]
+
+    def key_cells(g: local_store.SummaryGroup) -> list[object]:
+        if g is result.total:
+            return ["all", *[""] * (len(keys) - 1)]
+        return list(g.key.values())
+
+    click.echo(f"Attempts by {by} {_window(result.since_seconds, result.window_start_ms)}:")
+    click.echo(_table(
+        [*keys, "attempts", *statuses],
+        [[*key_cells(g), g.attempts, *(g.statuses.get(s, 0) for s in statuses)] for g in groups],
+    ))
+    click.echo("\nDeliveries by final outcome:")
+    click.echo(_table(
+        [*keys, "deliveries", *outcomes],
+        [
+            [*key_cells(g), sum(g.deliveries.values()), *(g.deliveries.get(o, 0) for o in outcomes)]
+            for g in groups
+        ],
+    ))
+
+
+def _ordered(first: Sequence[str], dicts: Iterable[dict[str, int]]) -> list[str]:
+    """``first``, then any other key that occurs (a status a gateway added)."""
+    names = list(first)
+    for d in dicts:
+        names.extend(k for k in d if k not in names)
+    return names
+
+
+@main.command(short_help="Failed attempts, newest first, with their errors.")
+@_duration_option("--since", default=None, help="Window, e.g. 1d (default: all time).")
+@click.option("--channel", default=None, help="Only this channel.")
+@click.option("--limit", default=50, show_default=True, type=int, help="At most this many rows.")
+@_store_and_json
+def failures(
+    store: str | None, as_json: bool, since: str | None, channel: str | None, limit: int
+) -> None:
+    """List failed delivery attempts, newest first, with their errors.
+
+    \b
+    Example:
+      otel-delivery failures --since 1d --channel telegram --limit 20
+    """
+    since_seconds = _optional_seconds("--since", since)
+    with _opened(store) as db:
+        found = local_store.failures(
+            db, since_seconds=since_seconds, channel=channel, limit=limit
+        )
+    if as_json:
+        _print_json(found)
+        return
+    if not found:
+        click.echo(f"no failed attempts {_window(since_seconds)}")
+        return
+    click.echo(_table(
+        ["started", "channel", "delivery", "attempt", "final", "error_type", "class", "error",
+         "trace_id"],
+        [
+            [_when(r["started_at_ms"]), r["channel"], r["delivery_id"], r["attempt"],
+             {1: "yes", 0: "no"}.get(r["final"]), r["error_type"], r["failure_class"],
+             r["error_text"], r["trace_id"]]
+            for r in found
+        ],
+    ))
+
+
+@main.command(short_help="The whole story of one message, and its verdict.")
+@click.option("--inbound", "inbound_id", default=None, help="The gateway's inbound message id.")
+@click.option("--trace", "trace_id", default=None, help="A trace id (32 hex digits).")
+@click.option("--delivery", "delivery_id", default=None, help="A delivery (queue entry) id.")
+@_store_and_json
+def trace(
+    store: str | None,
+    as_json: bool,
+    inbound_id: str | None,
+    trace_id: str | None,
+    delivery_id: str | None,
+) -> None:
+    """Tell the whole story of one message: received, AI run, each attempt with its
+    error, and the final outcome. Give exactly one of --inbound, --trace, --delivery.
+
+    \b
+    Example:
+      otel-delivery trace --inbound tg-1001
+    """
+    with _opened(store) as db:
+        story = local_store.trace_story(
+            db, inbound_id=inbound_id, trace_id=trace_id, delivery_id=delivery_id
+        )
+    if as_json:
+        _print_json(story.to_dict())
+        return
+    click.echo(f"trace {', '.join(story.trace_ids)}")
+    click.echo(_table(
+        ["at", "step", "status", "detail"],
+        [[_when(e["at_ms"]), e["kind"], e["status"], e["detail"]] for e in story.timeline],
+        width=200,
+    ))
+    if story.deliveries:
+        click.echo("")
+        click.echo(_table(
+            ["delivery", "channel", "outcome", "attempts", "last error"],
+            [
+                [d.delivery_id, d.channel, d.outcome, d.attempts,
+                 d.error_type if d.outcome != "delivered" else None]
+                for d in story.deliveries
+            ],
+        ))
+    click.echo(f"\nverdict: {story.verdict}")
+
+
+@main.command(short_help="Replies produced but never delivered, and why.")
+@_duration_option("--since", default="1d", show_default=True, help="Window, e.g. 1d.")
+@_duration_option(
+    "--grace", default="60s", show_default=True,
+    help="Ignore replies younger than this (their delivery may still be under way).",
+)
+@_store_and_json
+def undelivered(store: str | None, as_json: bool, since: str, grace: str) -> None:
+    """List replies that were produced but never delivered, with the reason, and
+    every failed enqueue (the ones a gateway swallows).
+
+    Reasons: no_attempt, enqueue_failed, failed, interrupted, pending_retry, in_flight.
+
+    \b
+    Example:
+      otel-delivery undelivered --since 1d --grace 2m
+    """
+    since_seconds = _seconds("--since", since)
+    grace_seconds = _seconds("--grace", grace, allow_zero=True)
+    with _opened(store) as db:
+        report = local_store.undelivered(
+            db, since_seconds=since_seconds, grace_seconds=grace_seconds
+        )
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    window = _window(report.since_seconds, report.window_start_ms)
+    if not report.items:
+        click.echo(f"no undelivered replies or failed enqueues {window}")
+        return
+    click.echo(_table(
+        ["at", "source", "reason", "channel", "inbound", "delivery", "attempts", "error",
+         "trace_id"],
+        [
+            [_when(i.at_ms), i.source, i.reason, i.channel, i.inbound_id, i.delivery_id,
+             i.attempts, i.error_type, i.trace_id]
+            for i in report.items
+        ],
+    ))
+    click.echo(
+        f"\n{report.replies} replies not delivered, {report.enqueue_failures} other failed "
+        f"enqueues {window}"
+    )
+
+
+@main.command(short_help="Attempts cut short by a crash.")
+@_duration_option("--since", default=None, help="Window, e.g. 1d (default: all time).")
+@click.option("--limit", default=100, show_default=True, type=int, help="At most this many rows.")
+@_store_and_json
+def interrupted(store: str | None, as_json: bool, since: str | None, limit: int) -> None:
+    """List attempts cut short by a crash: started, and their process is gone.
+
+    Read-only: rows are reported, not rewritten (a restarting gateway does that).
+
+    \b
+    Example:
+      otel-delivery interrupted --since 7d
+    """
+    since_seconds = _optional_seconds("--since", since)
+    with _opened(store) as db:
+        found = local_store.interrupted(db, since_seconds=since_seconds, limit=limit)
+    if as_json:
+        _print_json(found)
+        return
+    if not found:
+        click.echo(f"no interrupted attempts {_window(since_seconds)}")
+        return
+    click.echo(_table(
+        ["started", "channel", "delivery", "attempt", "why", "writer", "trace_id"],
+        [
+            [_when(r["started_at_ms"]), r["channel"], r["delivery_id"], r["attempt"], r["why"],
+             f"pid {r['writer_pid']} on {r['writer_host']}" if r["writer_pid"] else None,
+             r["trace_id"]]
+            for r in found
+        ],
+    ))
+
+
+@main.command(short_help="Delete old rows in batches, keeping failures longer.")
+@_duration_option("--older-than", required=True, help="Delete delivered attempts older than this.")
+@_duration_option(
+    "--keep-failed-for", required=True,
+    help="Keep failed and interrupted attempts (and their stories) this long; >= --older-than.",
+)
+@click.option("--max-attempts", type=int, default=None, help="Also keep at most N attempts.")
+@click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
+@click.option("--batch-size", type=int, default=500, show_default=True,
+              help="Rows per delete transaction.")
+@_store_and_json
+def prune(
+    store: str | None,
+    as_json: bool,
+    older_than: str,
+    keep_failed_for: str,
+    max_attempts: int | None,
+    dry_run: bool,
+    batch_size: int,
+) -> None:
+    """Delete old rows in small batches, keeping failures longer, then give the
+    space back. Safe to run while the gateway writes.
+
+    \b
+    Example:
+      otel-delivery prune --older-than 30d --keep-failed-for 90d --dry-run
+    """
+    older = _seconds("--older-than", older_than)
+    keep = _seconds("--keep-failed-for", keep_failed_for)
+    with _opened(store) as db:
+        result = local_store.prune(
+            db, older_than_seconds=older, keep_failed_for_seconds=keep,
+            max_attempts=max_attempts, dry_run=dry_run, batch_size=batch_size,
+        )
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    counts = ", ".join(f"{table} {n}" for table, n in result.deleted.items())
+    if result.dry_run:
+        click.echo(f"dry run, nothing deleted; would delete: {counts}")
+        return
+    click.echo(f"deleted: {counts} (in {result.batches} batches)")
+    click.echo(
+        f"space: {result.page_count_before} -> {result.page_count_after} pages "
+        f"({result.pages_freed} freed)"
+    )
+
+
+@main.command(short_help="Exit 1, with reasons, when recent figures break limits.")
+@_duration_option("--since", default="1h", show_default=True, help="Window, e.g. 1h.")
+@click.option("--max-failure-rate", type=float, default=0.05, show_default=True,
+              help="Per channel, as a fraction of attempts.")
+@click.option("--max-interrupted", type=int, default=0, show_default=True)
+@click.option("--max-undelivered", type=int, default=0, show_default=True)
+@click.option("--max-enqueue-failures", type=int, default=0, show_default=True)
+@click.option("--max-drops", type=int, default=0, show_default=True)
+@click.option("--min-attempts-for-rate", type=int, default=1, show_default=True,
+              help="Judge a channel's failure rate only from this many attempts.")
+@_store_and_json
+def health(
+    store: str | None,
+    as_json: bool,
+    since: str,
+    max_failure_rate: float,
+    max_interrupted: int,
+    max_undelivered: int,
+    max_enqueue_failures: int,
+    max_drops: int,
+    min_attempts_for_rate: int,
+) -> None:
+    """Check the recent window against limits, for cron and monitoring: exit 0 and
+    print "healthy: ..." when all are met, else exit 1 with one reason per line.
+
+    \b
+    Example:
+      otel-delivery health --since 1h --max-failure-rate 0.05 || alert
+    """
+    with _opened(store) as db:
+        report = local_store.health(
+            db,
+            since_seconds=_seconds("--since", since),
+            max_failure_rate=max_failure_rate,
+            max_interrupted=max_interrupted,
+            max_undelivered=max_undelivered,
+            max_enqueue_failures=max_enqueue_failures,
+            max_drops=max_drops,
+            min_attempts_for_rate=min_attempts_for_rate,
+        )
+    if as_json:
+        _print_json(report.to_dict())
+    elif report.ok:
+        click.echo(f"healthy: {report.headline()}")
+    else:
+        for reason in report.reasons:
+            click.echo(reason)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@main.command(short_help="Run one read-only SQL statement.")
+@click.argument("sql")
+@click.option("--param", "-p", "params", multiple=True, help="A value for each ? in SQL.")
+@_store_and_json
+def query(store: str | None, as_json: bool, sql: str, params: tuple[str, ...]) -> None:
+    """Run one read-only SQL statement. Writes, ATTACH and PRAGMA are refused.
+
+    Tables: attempts, inbound_messages, ai_runs, enqueues, writers, drops; views
+    with readable times: v_attempts, v_failures, v_deliveries, v_undelivered,
+    v_enqueue_failures, v_drops. Times in tables are Unix milliseconds. Long
+    values are cut in the table; --json prints them whole.
+
+    \b
+    Example:
+      otel-delivery query "SELECT channel, COUNT(*) FROM v_failures GROUP BY channel"
+    """
+    columns, found = local_store.readonly_query(resolve_store_path(store), sql, params)
+    if as_json:
+        _print_json({"columns": columns, "rows": found})
+        return
+    if columns:
+        click.echo(_table(columns, found))
+    click.echo(f"({len(found)} row{'' if len(found) == 1 else 's'})")
+
+
+# -- demo ----------------------------------------------------------------------------
+# `otel-delivery demo` belongs to the instrumentation side and is added there: either
+# `@main.command() def demo(...)` here, or `main.add_command(demo)` from its own module
+# imported below. It inherits the one-line error handling of _Group like every command.
