@@ -36,7 +36,15 @@ def m002_views(db: sqlite_utils.Database) -> None:
     db.executescript(_VIEWS_SQL)
 
 
-KNOWN_MIGRATIONS = ("m001_initial", "m002_views")
+@migrations()
+def m003_undelivered_by_trace(db: sqlite_utils.Database) -> None:
+    # Without index statistics SQLite answered v_undelivered through the status index,
+    # re-reading every delivered attempt once per AI run; '+a.status' leaves it the
+    # trace index, one probe per run.
+    db.executescript(_UNDELIVERED_VIEW_V3)
+
+
+KNOWN_MIGRATIONS = ("m001_initial", "m002_views", "m003_undelivered_by_trace")
 SCHEMA_VERSION = len(KNOWN_MIGRATIONS)
 
 _INITIAL_SQL = """
@@ -203,6 +211,20 @@ SELECT
     strftime('%Y-%m-%dT%H:%M:%fZ', last_at_ms / 1000.0, 'unixepoch') AS last_at,
     last_error
 FROM drops;
+"""
+
+_UNDELIVERED_VIEW_V3 = """
+DROP VIEW v_undelivered;
+CREATE VIEW v_undelivered AS
+SELECT
+    r.trace_id, r.inbound_id, r.channel, r.agent,
+    strftime('%Y-%m-%dT%H:%M:%fZ', r.ended_at_ms / 1000.0, 'unixepoch') AS reply_at,
+    (SELECT COUNT(*) FROM attempts a WHERE a.trace_id = r.trace_id) AS attempts
+FROM ai_runs r
+WHERE r.reply_produced = 1
+  AND NOT EXISTS (
+      SELECT 1 FROM attempts a WHERE a.trace_id = r.trace_id AND +a.status = 'delivered'
+  );
 """
 
 # How long a connection waits for another writer before giving up. The

@@ -500,6 +500,7 @@ def query(store: str | None, as_json: bool, sql: str, params: tuple[str, ...]) -
 
 
 # -- demo ----------------------------------------------------------------------------
-# `otel-delivery demo` belongs to the instrumentation side and is added there: either
-# `@main.command() def demo(...)` here, or `main.add_command(demo)` from its own module
-# imported below. It inherits the one-line error handling of _Group like every command.
+# `otel-delivery demo` lives with the demo gateway; it inherits _Group's one-line errors.
+from .demo.command import demo  # noqa: E402 - registered after the store commands
+
+main.add_command(demo)

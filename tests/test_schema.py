@@ -1,0 +1,68 @@
+"""The store file: private, WAL, incremental vacuum, versioned, and plain-SQL friendly."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from local_store import SCHEMA_VERSION, StoreVersionError, StoreWriter, open_store
+from local_store._schema import KNOWN_MIGRATIONS, migrations
+
+
+def test_new_store_is_private_wal_and_incrementally_vacuumed(tmp_path: Path) -> None:
+    writer = StoreWriter(tmp_path / "state" / "d.db")
+    try:
+        conn = sqlite3.connect(tmp_path / "state" / "d.db")
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        conn.close()
+        assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+        files = sorted(p.name for p in (tmp_path / "state").iterdir())
+        assert files == ["d.db", "d.db-shm", "d.db-wal"]
+        for name in files:
+            assert stat.S_IMODE((tmp_path / "state" / name).stat().st_mode) == 0o600, name
+    finally:
+        writer.close()
+
+
+def test_schema_version_is_recorded_and_newer_stores_are_refused(tmp_path: Path) -> None:
+    db = open_store(tmp_path / "d.db", create=True)
+    applied = [m.name for m in migrations.applied(db)]
+    assert applied == list(KNOWN_MIGRATIONS)
+    assert len(applied) == SCHEMA_VERSION
+    db.execute(
+        "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+        "VALUES ('otel_delivery', 'm999_from_the_future', '2030-01-01')"
+    )
+    db.conn.commit()
+    db.close()
+    with pytest.raises(StoreVersionError, match="newer otel-delivery"):
+        open_store(tmp_path / "d.db")
+    # A writer does not crash the gateway on it: it counts and keeps rows for retry.
+    writer = StoreWriter(tmp_path / "d.db")
+    writer.submit("ai_runs", {"trace_id": "t", "span_id": "s", "status": "ok",
+                              "started_at_ms": 1})
+    assert writer.flush(timeout_seconds=0.3) is False
+    assert writer.stats()["queued"] == 1
+    writer.close(timeout_seconds=0.1)
+
+
+def test_an_older_store_is_upgraded_in_place(tmp_path: Path) -> None:
+    db = open_store(tmp_path / "d.db", create=True)
+    # Simulate a store written before the last migration.
+    db.execute("DELETE FROM _sqlite_migrations WHERE name = ?", [KNOWN_MIGRATIONS[-1]])
+    db.conn.commit()
+    db.close()
+    db = open_store(tmp_path / "d.db", create=True)
+    assert [m.name for m in migrations.applied(db)] == list(KNOWN_MIGRATIONS)
+
+
+def test_undelivered_view_probes_attempts_by_trace(tmp_path: Path) -> None:
+    db = open_store(tmp_path / "d.db", create=True)
+    rows = db.execute("EXPLAIN QUERY PLAN SELECT * FROM v_undelivered")
+    plan = " ".join(str(row[3]) for row in rows)
+    assert "idx_attempts_trace" in plan
+    assert "idx_attempts_status" not in plan
