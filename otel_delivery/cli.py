@@ -56,7 +56,8 @@ def main() -> None:
     """Query the local delivery store that otel_delivery.configure() writes.
 
     The store is --store PATH, else $OTEL_DELIVERY_STORE, else
-    ~/.local/state/otel-delivery/deliveries.db. Every command takes --json.
+    $XDG_STATE_HOME/otel-delivery/deliveries.db (~/.local/state/... without
+    XDG_STATE_HOME). Every query command takes --json; `demo` writes a store.
 
     \b
     Example:
@@ -70,7 +71,7 @@ def _store_and_json(f: F) -> F:
         "--store",
         metavar="PATH",
         help=f"Store file (default: ${STORE_ENV}, "
-        "else ~/.local/state/otel-delivery/deliveries.db).",
+        "else $XDG_STATE_HOME or ~/.local/state, /otel-delivery/deliveries.db).",
     )(f)
     return f
 

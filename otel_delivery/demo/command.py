@@ -20,7 +20,7 @@ __all__ = ["demo"]
     metavar="PATH",
     default=None,
     help="Store file to write (default: $OTEL_DELIVERY_STORE, "
-    "else ~/.local/state/otel-delivery/deliveries.db).",
+    "else $XDG_STATE_HOME or ~/.local/state, /otel-delivery/deliveries.db).",
 )
 @click.option("--seed", type=int, default=7, show_default=True,
               help="Same seed, same counts.")
