@@ -20,7 +20,7 @@ from sqlite_utils.migrations import Migrations
 
 from .exceptions import StoreCorruptError, StoreNotFoundError, StoreVersionError
 
-__all__ = ["SCHEMA_VERSION", "connect", "open_store", "schema_version"]
+__all__ = ["SCHEMA_VERSION", "connect", "is_damage", "open_store", "schema_version"]
 
 MIGRATION_SET = "otel_delivery"
 migrations = Migrations(MIGRATION_SET)
@@ -44,7 +44,17 @@ def m003_undelivered_by_trace(db: sqlite_utils.Database) -> None:
     db.executescript(_UNDELIVERED_VIEW_V3)
 
 
-KNOWN_MIGRATIONS = ("m001_initial", "m002_views", "m003_undelivered_by_trace")
+@migrations()
+def m004_retry_after(db: sqlite_utils.Database) -> None:
+    # The wait a rate-limited service asked for (Telegram retry_after, Slack
+    # Retry-After), so operators can see floods without reading error texts.
+    if "retry_after_seconds" not in db["attempts"].columns_dict:
+        db.execute("ALTER TABLE attempts ADD COLUMN retry_after_seconds REAL")
+
+
+KNOWN_MIGRATIONS = (
+    "m001_initial", "m002_views", "m003_undelivered_by_trace", "m004_retry_after",
+)
 SCHEMA_VERSION = len(KNOWN_MIGRATIONS)
 
 _INITIAL_SQL = """
@@ -267,15 +277,32 @@ def connect(
             conn.execute("PRAGMA synchronous = NORMAL")
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise _corrupt(p, exc) from exc
+        if is_damage(exc):
+            raise _corrupt(p, exc) from exc
+        raise
     return conn
 
 
+def is_damage(exc: BaseException) -> bool:
+    """True for SQLite's "not a database" and "malformed" errors, not for locks or I/O."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        # Primary result codes SQLITE_CORRUPT (11) and SQLITE_NOTADB (26); the low
+        # byte of an extended code is its primary code.
+        return code & 0xFF in (11, 26)
+    text = str(exc).lower()  # Python 3.10 has no error codes on exceptions
+    return "not a database" in text or "malformed" in text
+
+
 def _corrupt(path: Path, exc: BaseException) -> StoreCorruptError:
-    return StoreCorruptError(
+    error = StoreCorruptError(
         f"{path} is not a readable otel-delivery store ({exc}); "
         "move it aside and let the gateway create a new one"
     )
+    error.damaged = True
+    return error
 
 
 def schema_version(db: sqlite_utils.Database) -> int:
@@ -322,23 +349,26 @@ def open_store(
     db = sqlite_utils.Database(conn, execute_plugins=False)
     try:
         version = schema_version(db)
+        foreign_tables = set(db.table_names()) - {migrations.migrations_table}
+        if version == 0 and (readonly or not create or foreign_tables):
+            # Never add our tables to somebody else's database.
+            raise StoreCorruptError(
+                f"{p} is not an otel-delivery store (no otel-delivery schema in it)"
+            )
         if version < SCHEMA_VERSION:
-            if readonly or not create:
-                if version == 0:
-                    raise StoreCorruptError(
-                        f"{p} is not an otel-delivery store (no otel-delivery schema in it)"
-                    )
-                if readonly:
-                    # An older schema is still readable by the queries that exist in it;
-                    # upgrading needs a writer (any configured gateway does it).
-                    return db
+            if readonly:
+                # An older schema is still readable by the queries that exist in it;
+                # upgrading needs a writer (any configured gateway does it).
+                return db
             _migrate(db)
     except (StoreVersionError, StoreCorruptError):
         conn.close()
         raise
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise _corrupt(p, exc) from exc
+        if is_damage(exc):
+            raise _corrupt(p, exc) from exc
+        raise
     return db
 
 

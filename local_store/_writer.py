@@ -34,6 +34,7 @@ from typing import Any
 from ._ratelimit import RateLimitedLog
 from ._rescue import rescue_interrupted
 from ._schema import open_store
+from .exceptions import StoreCorruptError
 
 __all__ = ["DEFAULT_MAX_QUEUE", "TABLE_COLUMNS", "StoreWriter"]
 
@@ -64,7 +65,7 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
         "delivery_id", "attempt", "max_attempts", "trace_id", "span_id", "parent_span_id",
         "inbound_id", "channel", "recipient", "status", "error_type", "error_text",
         "failure_class", "final", "started_at_ms", "ended_at_ms", "duration_ms",
-        "provider_message_id", "service", "writer_id",
+        "provider_message_id", "service", "writer_id", "retry_after_seconds",
     ),
 }
 
@@ -85,7 +86,7 @@ _START_SQL = (
 _START_BATCH_SQL = _START_SQL.removesuffix(" RETURNING attempt")
 _OUTCOME_COLS = (
     "status", "error_type", "error_text", "failure_class", "final", "ended_at_ms",
-    "duration_ms", "provider_message_id",
+    "duration_ms", "provider_message_id", "retry_after_seconds",
 )
 _END_SQL = (
     f"INSERT INTO attempts ({', '.join(_ATTEMPT_COLS)}) VALUES ({_ATTEMPT_VALUES}) "
@@ -191,6 +192,7 @@ class StoreWriter:
         self._hot_conn: sqlite3.Connection | None = None
         self._hot_identity: tuple[int, int] | None = None
         self._hot_open_until = 0.0  # monotonic time the hot path stays bypassed until
+        self._registered_in: tuple[int, int] | None = None  # file our writers row is in
         self._bg_conn: sqlite3.Connection | None = None
         self._bg_identity: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
@@ -211,18 +213,42 @@ class StoreWriter:
     # -- connections ---------------------------------------------------------------
 
     def _open(self, timeout_seconds: float) -> tuple[sqlite3.Connection, tuple[int, int]]:
-        db = open_store(self.path, create=True, busy_timeout_seconds=timeout_seconds)
+        try:
+            db = open_store(self.path, create=True, busy_timeout_seconds=timeout_seconds)
+        except StoreCorruptError as exc:
+            if not exc.damaged:
+                raise
+            self._move_aside(exc)
+            db = open_store(self.path, create=True, busy_timeout_seconds=timeout_seconds)
         st = os.stat(self.path)
+        identity = (st.st_dev, st.st_ino)
         conn = db.conn
-        if self.writer_id is None:
+        if identity != self._registered_in:
+            # A new file (first open, or the old one was deleted or moved aside):
+            # this process registers as a writer of it, and rescues its orphans.
             cur = conn.execute(
                 "INSERT INTO writers (pid, host, service, started_at_ms) VALUES (?, ?, ?, ?)",
                 (os.getpid(), socket.gethostname(), self.service, now_ms()),
             )
             self.writer_id = cur.lastrowid
+            self._registered_in = identity
             conn.commit()
             rescue_interrupted(conn)
-        return conn, (st.st_dev, st.st_ino)
+        return conn, identity
+
+    def _move_aside(self, exc: StoreCorruptError) -> None:
+        """Keep a damaged store for forensics under a new name, so a fresh one can start."""
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{os.getpid()}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                os.replace(src, Path(f"{aside}{suffix}"))
+        self._log.warning(
+            "corrupt", "otel-delivery store %s was damaged (%s); moved it to %s and started "
+            "a new one", self.path, exc, aside,
+        )
+        self.count_drop("store_moved_aside", error=f"damaged store moved to {aside}")
 
     def _file_replaced(self, identity: tuple[int, int] | None) -> bool:
         """True when the path no longer names the file we have open (deleted, moved)."""
@@ -234,9 +260,12 @@ class StoreWriter:
 
     def _hot_connection(self) -> sqlite3.Connection | None:
         """The caller-thread connection, or None while the circuit is open."""
+        if self._hot_conn is not None and self._file_replaced(self._hot_identity):
+            # The store was deleted or moved: a commit now would go to an unlinked
+            # file and be lost without a trace. One stat per write prevents that.
+            self._close_quietly(self._hot_conn)
+            self._hot_conn = None
         if self._hot_conn is None:
-            if time.monotonic() < self._hot_open_until:
-                return None
             try:
                 self._hot_conn, self._hot_identity = self._open(self.hot_path_timeout_seconds)
             except Exception as exc:
@@ -251,12 +280,17 @@ class StoreWriter:
             "rows go to the background queue", self.path, exc,
         )
         conn, self._hot_conn = self._hot_conn, None
-        if conn is not None:
-            try:
-                conn.rollback()
-                conn.close()
-            except Exception:
-                pass
+        self._close_quietly(conn)
+
+    @staticmethod
+    def _close_quietly(conn: sqlite3.Connection | None) -> None:
+        if conn is None:
+            return
+        try:
+            conn.rollback()
+            conn.close()
+        except Exception:  # the connection is already broken; nothing to keep
+            pass
 
     # -- synchronous attempt rows --------------------------------------------------
 
@@ -281,29 +315,42 @@ class StoreWriter:
         if os.getpid() != self._pid:  # fork without register_at_fork (rare platforms)
             self._reset_after_fork()
         row.setdefault("service", self.service)
-        try:
-            if self._lock.acquire(timeout=self.hot_path_timeout_seconds):
-                try:
-                    conn = self._hot_connection()
-                    if conn is not None:
-                        row["writer_id"] = self.writer_id
-                        try:
-                            cur = conn.execute(sql, _attempt_params(row))
-                            result = cur.fetchone() if returning else None
-                            conn.commit()
-                            if result is not None:
-                                return int(result[0])
-                            return row.get("attempt")
-                        except Exception as exc:
-                            self._trip(exc)
-                finally:
-                    self._lock.release()
-        except Exception as exc:
-            self._log.warning("hot-unexpected", "otel-delivery hot path failed: %r", exc)
+        if time.monotonic() >= self._hot_open_until:
+            try:
+                written, number = self._write_now(sql, row, returning=returning)
+                if written:
+                    return number
+            except Exception as exc:
+                self._log.warning("hot-unexpected", "otel-delivery hot path failed: %r", exc)
         with self._cond:
             self._totals["deferred"] = self._totals.get("deferred", 0) + 1
         self._enqueue("attempts:start" if returning else "attempts:end", row)
         return None
+
+    def _write_now(
+        self, sql: str, row: dict[str, Any], *, returning: bool
+    ) -> tuple[bool, int | None]:
+        """Commit one attempt row within the hot-path bound: (written, attempt number)."""
+        if not self._lock.acquire(timeout=self.hot_path_timeout_seconds):
+            # The background writer held the lock past the bound, so it is waiting on
+            # another process: skip the wait for a while rather than pay it every call.
+            self._hot_open_until = time.monotonic() + self.hot_path_cooldown_seconds
+            return False, None
+        try:
+            conn = self._hot_connection()
+            if conn is None:
+                return False, None
+            row["writer_id"] = self.writer_id
+            try:
+                cur = conn.execute(sql, _attempt_params(row))
+                result = cur.fetchone() if returning else None
+                conn.commit()
+            except Exception as exc:
+                self._trip(exc)
+                return False, None
+            return True, int(result[0]) if result is not None else row.get("attempt")
+        finally:
+            self._lock.release()
 
     # -- batched rows --------------------------------------------------------------
 
@@ -477,19 +524,7 @@ class StoreWriter:
 
     def _close_bg(self) -> None:
         conn, self._bg_conn = self._bg_conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                pass
-        # The hot path reopens too, so both follow a replaced or recreated file.
-        with self._lock:
-            if self._hot_conn is not None and self._file_replaced(self._hot_identity):
-                hot, self._hot_conn = self._hot_conn, None
-                try:
-                    hot.close()
-                except Exception:
-                    pass
+        self._close_quietly(conn)
 
     # -- flush and close -------------------------------------------------------------
 

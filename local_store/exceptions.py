@@ -26,7 +26,13 @@ class StoreNotFoundError(StoreError, FileNotFoundError):
 
 
 class StoreCorruptError(StoreError):
-    """The file exists but is not a readable otel-delivery store."""
+    """The file exists but is not a readable otel-delivery store.
+
+    ``damaged`` is True when SQLite itself cannot read the file (a damaged store
+    that a writer may move aside), False when it is a healthy file of another kind.
+    """
+
+    damaged: bool = False
 
 
 class StoreVersionError(StoreError):

@@ -12,6 +12,7 @@ mirrored into a local SQLite store that ``otel-delivery`` (the CLI) queries.
 
 from __future__ import annotations
 
+from ._chat_libraries import retry_after_seconds
 from ._classify import default_classifier
 from ._configure import Instrumentation, configure
 from ._decorators import ai_run, deliver, enqueue, inbound
@@ -33,4 +34,5 @@ __all__ = [
     "enqueue",
     "inbound",
     "resolve_store_path",
+    "retry_after_seconds",
 ]

@@ -30,10 +30,15 @@ CONVERSATION: Final = "otel_delivery.conversation"
 # -- outcomes (our namespace) ----------------------------------------------------------
 OUTCOME: Final = "otel_delivery.outcome"  # delivered | failed | interrupted (deliver); ok | failed
 FAILURE_CLASS: Final = "otel_delivery.failure_class"  # permanent | transient
+RETRY_AFTER_SECONDS: Final = "otel_delivery.retry_after_seconds"  # the service's hint
 FINAL: Final = "otel_delivery.final"  # bool: no retry will follow this attempt
 ERROR_MESSAGE: Final = "otel_delivery.error.message"  # truncated to ERROR_TEXT_LIMIT
 PROVIDER_MESSAGE_ID: Final = "otel_delivery.provider_message_id"
 REPLY_PRODUCED: Final = "otel_delivery.reply_produced"  # bool, on ai_run
+
+# -- on the span links a retry carries to earlier attempts (our namespace) ---------------
+LINK: Final = "otel_delivery.link"
+LINK_PRIOR_ATTEMPT: Final = "prior_attempt"
 
 # -- OpenTelemetry semantic conventions -------------------------------------------------
 ERROR_TYPE: Final = "error.type"

@@ -1,7 +1,9 @@
 """Is a failed send worth retrying? Permanent versus transient.
 
-The default classifier knows the common chat-API cases from the exception's type,
-HTTP status and message text:
+The default classifier first asks the tables for real client libraries
+(python-telegram-bot, aiogram, slack_sdk; see ``_chat_libraries``), which apply
+only to those libraries' own exceptions. Anything else is read generically from
+the exception's type, HTTP status and message text:
 
 * permanent: blocked by the user / bot kicked (403), chat or user not found,
   message too long, other 4xx client errors;
@@ -18,6 +20,8 @@ import asyncio
 import re
 from collections.abc import Callable
 from typing import Literal
+
+from ._chat_libraries import classify_library_error
 
 __all__ = ["Classifier", "FailureClass", "default_classifier", "error_type_name"]
 
@@ -59,6 +63,9 @@ def default_classifier(exc: BaseException) -> FailureClass:
     >>> default_classifier(RuntimeError("Forbidden: bot was blocked by the user"))
     'permanent'
     """
+    verdict = classify_library_error(exc)
+    if verdict is not None:
+        return verdict
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError, ConnectionError)):
         return "transient"
     status = _status_code(exc)

@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from local_store import StoreWriter
 
@@ -67,6 +67,30 @@ class _Switchable(SpanProcessor):
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return self.inner.force_flush(timeout_millis) if self.on else True
+
+
+class _CountingExporter(SpanExporter):
+    """Counts the spans an exporter failed to deliver (``otlp_export_failed``)."""
+
+    def __init__(self, inner: SpanExporter, counters: Counters) -> None:
+        self.inner = inner
+        self.counters = counters
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.inner.export(spans)
+        except Exception as exc:
+            self.counters.add("otlp_export_failed", len(spans), repr(exc)[:200])
+            return SpanExportResult.FAILURE
+        if result is not SpanExportResult.SUCCESS:
+            self.counters.add("otlp_export_failed", len(spans))
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
 
 
 class Instrumentation:
@@ -179,6 +203,18 @@ def _shutdown_active() -> None:
     handle = _active
     if handle is not None:
         handle.shutdown()
+
+
+def _flush_at_child_exit() -> None:
+    """In a forked child: flush when multiprocessing ends it.
+
+    multiprocessing ends a forked worker with ``os._exit()``, which skips atexit; its
+    own finalizers still run, so register one. (A child that exits normally runs the
+    inherited atexit handler as usual.)
+    """
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(None, _shutdown_active, exitpriority=100)
 
 
 def _otlp_exporter(endpoint: str | None, protocol: str | None) -> SpanExporter | None:
@@ -304,7 +340,9 @@ def configure(
                 processors.append(_Switchable(StoreSpanProcessor(writer, counters)))
             exporter = span_exporter or _otlp_exporter(otlp_endpoint, otlp_protocol)
             if exporter is not None:
-                processors.append(_Switchable(BatchSpanProcessor(exporter)))
+                processors.append(
+                    _Switchable(BatchSpanProcessor(_CountingExporter(exporter, counters)))
+                )
         except ValueError as exc:
             if writer is not None:
                 writer.close()
@@ -326,6 +364,8 @@ def configure(
         )
         if not _atexit_registered:
             atexit.register(_shutdown_active)
+            if hasattr(os, "register_at_fork"):
+                os.register_at_fork(after_in_child=_flush_at_child_exit)
             _atexit_registered = True
         return _active
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
@@ -21,6 +21,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from . import _attributes as A
+from ._chat_libraries import retry_after_seconds
 from ._classify import Classifier, default_classifier, error_type_name
 from ._extract import Extractor, JunkValue, coerce_value, compile_extractor
 from ._propagation import (
@@ -134,12 +135,25 @@ def _count(rt: Runtime, reason: str, exc: BaseException | None = None) -> None:
     )
 
 
-def _error_text(exc: BaseException, limit: int) -> str:
+# Secrets shorter than this are not scrubbed from error texts: replacing every "42"
+# would garble "429 Too Many Requests" and hide nothing.
+_MIN_SCRUB_CHARS = 5
+_BODY_MIN_CHARS = 8
+_BODY_PREFIXES = (64, 32)  # APIs often echo the start of a message they reject
+BODY_PLACEHOLDER = "[message body]"
+
+
+def _error_text(
+    exc: BaseException, limit: int, secrets: Sequence[tuple[str, str]] = ()
+) -> str:
     try:
         text = str(exc)
     except Exception:
         text = f"<unprintable {type(exc).__name__}>"
     text = text.encode("utf-8", "replace").decode("utf-8")
+    for secret, replacement in secrets:
+        if secret in text:
+            text = text.replace(secret, replacement)
     if len(text) > limit:
         text = text[: max(0, limit - 1)] + "…"
     return text
@@ -171,6 +185,7 @@ class _Plan:
         values: dict[str, Any],
         *,
         carrier: Any,
+        body: Any,
         attributes: Mapping[str, Any] | None,
         classifier: Classifier | None,
         result_value: Callable[[Any], Any] | None,
@@ -198,6 +213,9 @@ class _Plan:
         self.carrier = compile_extractor(carrier, func) if carrier is not None else None
         if carrier is not None and self.carrier is None:
             raise TypeError("carrier= takes arg('param.path') or a callable, not a fixed value")
+        self.body = compile_extractor(body, func) if body is not None else None
+        if body is not None and self.body is None:
+            raise TypeError("body= takes arg('param.path') or a callable, not a fixed value")
         self.classifier = classifier
         self.result_value = result_value
         self.failed_if = failed_if
@@ -208,7 +226,9 @@ class _Plan:
 
     def values_for(
         self, rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        """The call's attribute values, and (raw id, pseudonym) pairs to scrub from errors."""
+        secrets: list[tuple[str, str]] = []
         raw: dict[str, Any] = dict(self.static_values)
         for field_name, extractor in self.extractors:
             try:
@@ -228,9 +248,12 @@ class _Plan:
             if spec.identifier:
                 clean = str(clean)
                 if spec.pseudonymize and rt.pseudonymize is not None:
-                    clean = rt.pseudonymize(clean)
+                    pseudonym = rt.pseudonymize(clean)
+                    if len(clean) >= _MIN_SCRUB_CHARS:
+                        secrets.append((clean, pseudonym))
+                    clean = pseudonym
             values[field_name] = clean
-        return values
+        return values, secrets
 
     def begin(self, rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call | None:
         carrier: Mapping[str, Any] | None = None
@@ -252,7 +275,7 @@ class _Plan:
                 _count(rt, "carrier_error", exc)
         ctx = parent if parent is not None else otel_context.get_current()
 
-        values = self.values_for(rt, args, kwargs)
+        values, secrets = self.values_for(rt, args, kwargs)
         corr = correlation_from(ctx, carrier)
         for name in _CORRELATED:
             if name in values:
@@ -296,19 +319,29 @@ class _Plan:
                     record_attempt(carrier, span.get_span_context().span_id)
             except Exception as exc:
                 _count(rt, "carrier_error", exc)
-        return _Call(self, rt, span, token)
+        return _Call(self, rt, span, token, secrets, (args, kwargs) if self.body else None)
 
 
 class _Call:
     """One decorated call in flight."""
 
-    __slots__ = ("plan", "rt", "span", "token")
+    __slots__ = ("call_args", "plan", "rt", "secrets", "span", "token")
 
-    def __init__(self, plan: _Plan, rt: Runtime, span: Span, token: object) -> None:
+    def __init__(
+        self,
+        plan: _Plan,
+        rt: Runtime,
+        span: Span,
+        token: object,
+        secrets: list[tuple[str, str]],
+        call_args: tuple[tuple[Any, ...], dict[str, Any]] | None,
+    ) -> None:
         self.plan = plan
         self.rt = rt
         self.span = span
         self.token = token
+        self.secrets = secrets
+        self.call_args = call_args  # kept only to find the body when a call fails
 
     def succeeded(self, result: Any) -> None:
         try:
@@ -329,6 +362,24 @@ class _Call:
             _count(self.rt, "instrumentation_error", exc)
         finally:
             self._end()
+
+    def _scrub_list(self) -> list[tuple[str, str]]:
+        """What to take out of an error text: the message body, and raw ids."""
+        found = list(self.secrets)
+        if self.plan.body is not None and self.call_args is not None:
+            try:
+                body = self.plan.body(*self.call_args)
+            except Exception as exc:
+                _count(self.rt, "extractor_error", exc)
+                body = None
+            if isinstance(body, bytes):
+                body = body.decode("utf-8", "replace")
+            if isinstance(body, str) and len(body) >= _BODY_MIN_CHARS:
+                found.insert(0, (body, BODY_PLACEHOLDER))
+                found.extend(
+                    (body[:n], BODY_PLACEHOLDER) for n in _BODY_PREFIXES if len(body) > n
+                )
+        return found
 
     def _reported_failure(self, result: Any) -> bool:
         """The function returned normally but ``failed_if`` says it failed."""
@@ -362,7 +413,8 @@ class _Call:
 
     def failed(self, exc: BaseException) -> None:
         try:
-            self._mark_failed(error_type_name(exc), _error_text(exc, self.rt.error_text_limit), exc)
+            text = _error_text(exc, self.rt.error_text_limit, self._scrub_list())
+            self._mark_failed(error_type_name(exc), text, exc)
         except Exception as inner:
             _count(self.rt, "instrumentation_error", inner)
         finally:
@@ -379,11 +431,19 @@ class _Call:
         if kind is not _DELIVER:
             span.set_attribute(A.OUTCOME, "failed")
             return
-        span.set_attribute(A.OUTCOME, "interrupted" if interrupted else "failed")
+        if interrupted:
+            # Cancelled or stopped mid-send: not a verdict on the message, so neither
+            # permanent nor transient, and not final.
+            span.set_attribute(A.OUTCOME, "interrupted")
+            return
+        span.set_attribute(A.OUTCOME, "failed")
         failure_class = self._classify(exc) if exc is not None else "transient"
         span.set_attribute(A.FAILURE_CLASS, failure_class)
+        hint = retry_after_seconds(exc) if exc is not None else None
+        if hint is not None:
+            span.set_attribute(A.RETRY_AFTER_SECONDS, hint)
         final = self._final(failure_class)
-        if final is not None and not interrupted:
+        if final is not None:
             span.set_attribute(A.FINAL, final)
 
     def _classify(self, exc: BaseException) -> str:
@@ -503,6 +563,7 @@ def inbound(
     inbound_id: Any = None,
     conversation: Any = None,
     carrier: Any = None,
+    body: Any = None,
     attributes: Mapping[str, Any] | None = None,
 ) -> Decorator: ...
 def inbound(
@@ -514,6 +575,7 @@ def inbound(
     inbound_id: Any = None,
     conversation: Any = None,
     carrier: Any = None,
+    body: Any = None,
     attributes: Mapping[str, Any] | None = None,
 ) -> Any:
     """Wrap the handler of one inbound message: a ``process {channel}`` CONSUMER span.
@@ -526,7 +588,7 @@ def inbound(
     """
     values = dict(channel=channel, sender=sender, inbound_id=inbound_id, conversation=conversation)
     return _decorator(
-        _INBOUND, func, values, carrier=carrier, attributes=attributes,
+        _INBOUND, func, values, carrier=carrier, body=body, attributes=attributes,
         classifier=None, result_value=None, failed_if=None,
     )
 
@@ -542,6 +604,7 @@ def ai_run(
     inbound_id: Any = None,
     conversation: Any = None,
     carrier: Any = None,
+    body: Any = None,
     reply_produced: Callable[[Any], bool] | None = None,
     attributes: Mapping[str, Any] | None = None,
 ) -> Decorator: ...
@@ -555,6 +618,7 @@ def ai_run(
     inbound_id: Any = None,
     conversation: Any = None,
     carrier: Any = None,
+    body: Any = None,
     reply_produced: Callable[[Any], bool] | None = None,
     attributes: Mapping[str, Any] | None = None,
 ) -> Any:
@@ -571,7 +635,7 @@ def ai_run(
         agent=agent, model=model, channel=channel, inbound_id=inbound_id, conversation=conversation
     )
     return _decorator(
-        _AI_RUN, func, values, carrier=carrier, attributes=attributes,
+        _AI_RUN, func, values, carrier=carrier, body=body, attributes=attributes,
         classifier=None, result_value=reply_produced, failed_if=None,
     )
 
@@ -589,6 +653,7 @@ def deliver(
     inbound_id: Any = None,
     conversation: Any = None,
     carrier: Any = None,
+    body: Any = None,
     message_id: Callable[[Any], Any] | None = None,
     failed_if: Callable[[Any], bool] | None = None,
     classifier: Classifier | None = None,
@@ -606,6 +671,7 @@ def deliver(
     inbound_id: Any = None,
     conversation: Any = None,
     carrier: Any = None,
+    body: Any = None,
     message_id: Callable[[Any], Any] | None = None,
     failed_if: Callable[[Any], bool] | None = None,
     classifier: Classifier | None = None,
@@ -628,7 +694,7 @@ def deliver(
         max_attempts=max_attempts, inbound_id=inbound_id, conversation=conversation,
     )
     return _decorator(
-        _DELIVER, func, values, carrier=carrier, attributes=attributes,
+        _DELIVER, func, values, carrier=carrier, body=body, attributes=attributes,
         classifier=classifier, result_value=message_id, failed_if=failed_if,
     )
 
@@ -644,6 +710,7 @@ def enqueue(
     inbound_id: Any = None,
     conversation: Any = None,
     carrier: Any = None,
+    body: Any = None,
     failed_if: Callable[[Any], bool] | None = None,
     attributes: Mapping[str, Any] | None = None,
 ) -> Decorator: ...
@@ -657,6 +724,7 @@ def enqueue(
     inbound_id: Any = None,
     conversation: Any = None,
     carrier: Any = None,
+    body: Any = None,
     failed_if: Callable[[Any], bool] | None = None,
     attributes: Mapping[str, Any] | None = None,
 ) -> Any:
@@ -674,6 +742,6 @@ def enqueue(
         conversation=conversation,
     )
     return _decorator(
-        _ENQUEUE, func, values, carrier=carrier, attributes=attributes,
+        _ENQUEUE, func, values, carrier=carrier, body=body, attributes=attributes,
         classifier=None, result_value=None, failed_if=failed_if,
     )

@@ -143,6 +143,7 @@ class StoreSpanProcessor(SpanProcessor):
             error_type=attributes.get(A.ERROR_TYPE) if status != "delivered" else None,
             error_text=attributes.get(A.ERROR_MESSAGE) if status != "delivered" else None,
             failure_class=attributes.get(A.FAILURE_CLASS),
+            retry_after_seconds=attributes.get(A.RETRY_AFTER_SECONDS),
             final=_bool(attributes.get(A.FINAL)),
             duration_ms=_duration_ms(span) if ended else None,
             provider_message_id=attributes.get(A.PROVIDER_MESSAGE_ID),

@@ -127,7 +127,7 @@ def prior_attempt_links(carrier: Mapping[str, Any] | None, ctx: Context | None) 
                     is_remote=True,
                     trace_flags=TraceFlags(TraceFlags.SAMPLED),
                 ),
-                attributes={"otel_delivery.link": "prior_attempt"},
+                attributes={A.LINK: A.LINK_PRIOR_ATTEMPT},
             )
         )
     return links

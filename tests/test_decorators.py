@@ -301,3 +301,27 @@ def test_head_sampled_out_calls_are_counted(tmp_path: Any) -> None:
         assert otel.stats()["not_recorded"] == 1
     finally:
         otel.shutdown()
+
+
+def test_message_body_and_raw_ids_are_scrubbed_from_error_texts(tmp_path: Any) -> None:
+    from .conftest import make_traced
+
+    t = make_traced(tmp_path / "d.db", pseudonymize_key="k" * 32)
+    body = "my secret message about the quarterly numbers, which must never be stored"
+    try:
+        @otel_delivery.deliver(channel="telegram", recipient=arg("chat_id"), body=arg("text"))
+        def send(chat_id: int, text: str) -> None:
+            raise RuntimeError(f"Bad Request: chat {chat_id} rejected {text!r} ({text[:40]})")
+
+        with pytest.raises(RuntimeError):
+            send(987654321, body)
+        (row,) = t.rows("SELECT recipient, error_text FROM attempts")
+        assert "[message body]" in row["error_text"]
+        assert row["recipient"] in row["error_text"]  # the pseudonym replaces the raw id
+        t.handle.shutdown()
+        stored = b"".join(p.read_bytes() for p in tmp_path.glob("d.db*"))
+        assert b"987654321" not in stored
+        assert body[:32].encode() not in stored
+        assert b"quarterly" not in stored
+    finally:
+        t.handle.shutdown()
