@@ -121,10 +121,12 @@ def _attempt_params(row: Mapping[str, Any]) -> list[Any]:
 
 # Writers alive in this process, so a fork can reset every one of them.
 _writers: weakref.WeakSet[StoreWriter] = weakref.WeakSet()
-# Connections inherited across fork must never be used or closed by the child
-# (closing could checkpoint or unlink the parent's WAL); keeping them referenced
-# here stops the garbage collector from closing them.
-_inherited_connections: list[sqlite3.Connection] = []
+# Connections that must never be closed: inherited across a fork (the parent still
+# uses the file), or open on a store file that was deleted or replaced. Closing the
+# last connection to a WAL database checkpoints it and unlinks "<path>-wal" by name,
+# which could be the WAL of the parent's, or of the new, store. Keeping them
+# referenced here stops the garbage collector from closing them; both events are rare.
+_abandoned_connections: list[sqlite3.Connection] = []
 
 
 def _after_fork_in_child() -> None:
@@ -206,7 +208,7 @@ class StoreWriter:
     def _reset_after_fork(self) -> None:
         for conn in (self._hot_conn, self._bg_conn):
             if conn is not None:
-                _inherited_connections.append(conn)
+                _abandoned_connections.append(conn)
         # The parent writes what it had queued; the child starts empty.
         self._init_process_state()
 
@@ -263,7 +265,7 @@ class StoreWriter:
         if self._hot_conn is not None and self._file_replaced(self._hot_identity):
             # The store was deleted or moved: a commit now would go to an unlinked
             # file and be lost without a trace. One stat per write prevents that.
-            self._close_quietly(self._hot_conn)
+            self._release(self._hot_conn, self._hot_identity)
             self._hot_conn = None
         if self._hot_conn is None:
             try:
@@ -280,11 +282,14 @@ class StoreWriter:
             "rows go to the background queue", self.path, exc,
         )
         conn, self._hot_conn = self._hot_conn, None
-        self._close_quietly(conn)
+        self._release(conn, self._hot_identity)
 
-    @staticmethod
-    def _close_quietly(conn: sqlite3.Connection | None) -> None:
+    def _release(self, conn: sqlite3.Connection | None, identity: tuple[int, int] | None) -> None:
+        """Close ``conn``, unless its file is no longer at our path (see above)."""
         if conn is None:
+            return
+        if self._file_replaced(identity):
+            _abandoned_connections.append(conn)
             return
         try:
             conn.rollback()
@@ -524,7 +529,7 @@ class StoreWriter:
 
     def _close_bg(self) -> None:
         conn, self._bg_conn = self._bg_conn, None
-        self._close_quietly(conn)
+        self._release(conn, self._bg_identity)
 
     # -- flush and close -------------------------------------------------------------
 
@@ -569,6 +574,8 @@ class StoreWriter:
             )
         with self._lock:
             conn = self._hot_conn
+            if self._file_replaced(self._hot_identity):
+                conn = None  # never mark rows in a file that is no longer the store
             if conn is not None and self.writer_id is not None:
                 try:
                     t = now_ms()
@@ -584,12 +591,8 @@ class StoreWriter:
                     conn.commit()
                 except Exception:
                     pass
-            for c in (self._hot_conn, self._bg_conn):
-                if c is not None:
-                    try:
-                        c.close()
-                    except Exception:
-                        pass
+            self._release(self._hot_conn, self._hot_identity)
+            self._release(self._bg_conn, self._bg_identity)
             self._hot_conn = None
             self._bg_conn = None
         return ok and left == 0
