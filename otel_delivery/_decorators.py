@@ -163,6 +163,10 @@ def _default_message_id(result: Any) -> Any:
     """The provider's id for a sent message, when the result exposes a usual one."""
     if result is None:
         return None
+    if not isinstance(result, Mapping):
+        data = getattr(result, "data", None)  # slack_sdk's SlackResponse
+        if isinstance(data, Mapping):
+            result = data
     if isinstance(result, Mapping):
         for key in ("message_id", "ts", "id"):
             if key in result:

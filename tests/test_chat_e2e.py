@@ -124,8 +124,8 @@ class SlackGateway:
 
     @otel_delivery.deliver(channel="slack", recipient=arg("reply.chat"),
                            delivery_id=arg("reply.delivery_id"), max_attempts=MAX_ATTEMPTS,
-                           carrier=arg("reply.meta"), message_id=lambda r: r["ts"])
-    def send_once(self, reply: Reply) -> Any:
+                           carrier=arg("reply.meta"))
+    def send_once(self, reply: Reply) -> Any:  # a SlackResponse: its data's "ts" is the id
         return self.client.chat_postMessage(channel=reply.chat, text=reply.text)
 
 
