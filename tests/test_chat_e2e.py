@@ -44,7 +44,8 @@ from .conftest import Traced, make_traced, span_dict
 # PTB 22 warns about its own RetryAfter.retry_after property when it builds the error.
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
 
-CLIENT_TIMEOUT_SECONDS = 0.3
+# Long enough that a loaded machine's normal answer is never mistaken for a hang.
+CLIENT_TIMEOUT_SECONDS = 0.75
 MAX_ATTEMPTS = 3
 
 
@@ -246,9 +247,8 @@ SLACK_CASES = {
     "C0ARCH": ([SLACK_IS_ARCHIVED], [(1, "failed", SLACK, "permanent", None, 1)]),
     "C05XX": ([SLACK_SERVER_ERROR, SLACK_SENT], [(1, "failed", SLACK, "transient", None, 0),
                                                  (2, "delivered", None, None, None, 1)]),
-    "C0HANG": ([HANG], [(1, "failed", "TimeoutError", "transient", None, 0),
-                        (2, "failed", "TimeoutError", "transient", None, 0),
-                        (3, "failed", "TimeoutError", "transient", None, 1)]),
+    "C0HANG": ([HANG, SLACK_SENT], [(1, "failed", "TimeoutError", "transient", None, 0),
+                                    (2, "delivered", None, None, None, 1)]),
 }
 
 
