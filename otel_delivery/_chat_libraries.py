@@ -9,27 +9,18 @@ from a library means its module is in ``sys.modules``, so each table is consulte
 only then. Anything a table does not place returns None, and the generic
 classifier in ``_classify`` decides.
 
-==================  ====================================================  ==========
-library             exception                                             class
-==================  ====================================================  ==========
-python-telegram-bot ``RetryAfter`` (records the retry-after hint)         transient
-python-telegram-bot ``TimedOut``, ``NetworkError`` (incl. 5xx)            transient
-python-telegram-bot ``BadRequest`` (chat not found, message is too long,  permanent
-                    any other 400)
-python-telegram-bot ``Forbidden`` (bot blocked, kicked), ``InvalidToken``,  permanent
-                    ``EndPointNotFound``, ``ChatMigrated``, ``Conflict``
-aiogram             ``TelegramRetryAfter``, ``TelegramServerError``,      transient
-                    ``TelegramNetworkError``
-aiogram             ``TelegramEntityTooLarge``, ``TelegramBadRequest``,   permanent
-                    ``TelegramForbiddenError``, ``TelegramNotFound``,
-                    ``TelegramUnauthorizedError``, ``TelegramConflictError``,
-                    ``TelegramMigrateToChat``
-slack_sdk           ``SlackApiError`` by ``response["error"]``: see       either
-                    ``SLACK_TRANSIENT_ERRORS``/``SLACK_PERMANENT_ERRORS``;
-                    otherwise HTTP 429 and 5xx transient, other 4xx
-                    permanent
-slack_sdk           ``SlackRequestError``, ``BotUserAccessError``         permanent
-==================  ====================================================  ==========
+* python-telegram-bot: ``RetryAfter`` (with its retry-after hint), ``TimedOut`` and
+  ``NetworkError`` (5xx, bad gateway, connection) are transient; ``BadRequest`` (chat
+  not found, message is too long, any other 400), ``Forbidden`` (blocked, kicked),
+  ``InvalidToken``, ``EndPointNotFound``, ``ChatMigrated`` and ``Conflict`` permanent.
+* aiogram: ``TelegramRetryAfter``, ``TelegramServerError`` and ``TelegramNetworkError``
+  are transient; ``TelegramEntityTooLarge``, ``TelegramBadRequest``,
+  ``TelegramForbiddenError``, ``TelegramNotFound``, ``TelegramUnauthorizedError``,
+  ``TelegramConflictError`` and ``TelegramMigrateToChat`` permanent.
+* slack_sdk: ``SlackApiError`` by its response's ``error`` code
+  (``SLACK_TRANSIENT_ERRORS``, ``SLACK_PERMANENT_ERRORS``), else by HTTP status (429 and
+  5xx transient, other 4xx permanent); ``SlackRequestError`` and ``BotUserAccessError``
+  permanent.
 """
 
 from __future__ import annotations
