@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import multiprocessing.util
 import os
 import threading
 import time
@@ -205,16 +206,15 @@ def _shutdown_active() -> None:
         handle.shutdown()
 
 
-def _flush_at_child_exit() -> None:
-    """In a forked child: flush when multiprocessing ends it.
+def _flush_at_child_exit(handle: Instrumentation) -> None:
+    """In a multiprocessing child: shut down (and so flush) when multiprocessing ends it.
 
-    multiprocessing ends a forked worker with ``os._exit()``, which skips atexit; its
-    own finalizers still run, so register one. (A child that exits normally runs the
-    inherited atexit handler as usual.)
+    multiprocessing ends a worker with ``os._exit()``, which skips atexit, but it runs
+    its own finalizers first; it clears those when the child starts, then calls its
+    after-fork hooks, which is where this registers one. (A child of a plain
+    ``os.fork()`` that exits normally runs the inherited atexit handler.)
     """
-    import multiprocessing.util
-
-    multiprocessing.util.Finalize(None, _shutdown_active, exitpriority=100)
+    multiprocessing.util.Finalize(None, handle.shutdown, exitpriority=100)
 
 
 def _otlp_exporter(endpoint: str | None, protocol: str | None) -> SpanExporter | None:
@@ -364,9 +364,8 @@ def configure(
         )
         if not _atexit_registered:
             atexit.register(_shutdown_active)
-            if hasattr(os, "register_at_fork"):
-                os.register_at_fork(after_in_child=_flush_at_child_exit)
             _atexit_registered = True
+        multiprocessing.util.register_after_fork(_active, _flush_at_child_exit)
         return _active
 
 

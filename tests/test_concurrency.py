@@ -177,8 +177,9 @@ def test_processes_threads_tasks_readers_and_prune_together(tmp_path: Path) -> N
 def test_many_threads_in_one_process_share_the_hot_path(tmp_path: Path, threads: int) -> None:
     import threading
 
-    import otel_delivery
     from opentelemetry.sdk.trace import TracerProvider
+
+    import otel_delivery
     from otel_delivery import arg
 
     otel = otel_delivery.configure(store=tmp_path / "d.db", tracer_provider=TracerProvider())
