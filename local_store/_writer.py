@@ -34,7 +34,7 @@ from typing import Any
 from ._ratelimit import RateLimitedLog
 from ._rescue import rescue_interrupted
 from ._schema import open_store
-from .exceptions import StoreCorruptError
+from .exceptions import StoreCorruptError, StoreError
 
 __all__ = ["DEFAULT_MAX_QUEUE", "TABLE_COLUMNS", "StoreWriter"]
 
@@ -104,6 +104,17 @@ _DROP_SQL = (
     "count = count + excluded.count, last_at_ms = excluded.last_at_ms, "
     "last_error = COALESCE(excluded.last_error, last_error)"
 )
+
+
+def _is_row_problem(exc: BaseException) -> bool:
+    """True when a write failed because of the row itself, not the store."""
+    if isinstance(exc, StoreError):
+        return False
+    return isinstance(
+        exc,
+        (OverflowError, TypeError, ValueError, sqlite3.InterfaceError,
+         sqlite3.IntegrityError, sqlite3.ProgrammingError),
+    )
 
 
 def now_ms() -> int:
@@ -351,6 +362,11 @@ class StoreWriter:
                 result = cur.fetchone() if returning else None
                 conn.commit()
             except Exception as exc:
+                if _is_row_problem(exc):
+                    conn.rollback()
+                    with self._cond:
+                        self._count_locked("unwritable_row", 1, f"attempts: {exc!r}"[:300])
+                    return True, None  # the store is fine; this row can never be written
                 self._trip(exc)
                 return False, None
             return True, int(result[0]) if result is not None else row.get("attempt")
@@ -462,7 +478,14 @@ class StoreWriter:
                 return True
             try:
                 with self._lock:
-                    self._write_batch(batch, drops)
+                    try:
+                        self._write_batch(batch, drops)
+                    except Exception as exc:
+                        if not _is_row_problem(exc):
+                            raise
+                        # One bad row (a value SQLite cannot bind) must not hold the
+                        # queue forever: write the rows one by one, counting the bad ones.
+                        self._write_batch(batch, drops, one_by_one=True)
                 with self._cond:
                     self._in_flight = 0
                     more = bool(self._queue)
@@ -490,7 +513,11 @@ class StoreWriter:
                 return False
 
     def _write_batch(
-        self, batch: list[tuple[str, dict[str, Any]]], drops: dict[str, list[Any]]
+        self,
+        batch: list[tuple[str, dict[str, Any]]],
+        drops: dict[str, list[Any]],
+        *,
+        one_by_one: bool = False,
     ) -> None:
         if self._bg_conn is not None and self._file_replaced(self._bg_identity):
             self._close_bg()
@@ -504,6 +531,9 @@ class StoreWriter:
             by_kind.setdefault(kind, []).append(row)
         try:
             conn.execute("BEGIN IMMEDIATE")
+            if one_by_one:
+                self._write_rows_singly(conn, by_kind)
+                by_kind = {}
             for kind, rows in by_kind.items():
                 if kind == "attempts:start":
                     conn.executemany(_START_BATCH_SQL, [_attempt_params(r) for r in rows])
@@ -526,6 +556,24 @@ class StoreWriter:
             except Exception:
                 pass
             raise
+
+    def _write_rows_singly(
+        self, conn: sqlite3.Connection, by_kind: dict[str, list[dict[str, Any]]]
+    ) -> None:
+        for kind, rows in by_kind.items():
+            for row in rows:
+                if kind.startswith("attempts:"):
+                    sql = _START_BATCH_SQL if kind == "attempts:start" else _END_SQL
+                    params: Any = _attempt_params(row)
+                else:
+                    sql, params = _INSERT_SQL[kind], tuple(row.get(c) for c in TABLE_COLUMNS[kind])
+                try:
+                    conn.execute(sql, params)
+                except Exception as exc:
+                    if not _is_row_problem(exc):
+                        raise
+                    with self._cond:
+                        self._count_locked("unwritable_row", 1, f"{kind}: {exc!r}"[:300])
 
     def _close_bg(self) -> None:
         conn, self._bg_conn = self._bg_conn, None

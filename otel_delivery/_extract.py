@@ -139,6 +139,9 @@ def _compile_path(spec: ArgPath, func: Callable[..., Any]) -> Extractor:
     return extract
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def coerce_value(value: Any, *, as_int: bool = False) -> str | int | float | bool | None:
     """Make an extracted value safe for a span attribute and a store column.
 
@@ -152,6 +155,8 @@ def coerce_value(value: Any, *, as_int: bool = False) -> str | int | float | boo
         if isinstance(value, bool):
             raise JunkValue(f"expected an integer, got bool {value!r}")
         if isinstance(value, int):
+            if not _INT64_MIN <= value <= _INT64_MAX:
+                raise JunkValue("integer out of the 64-bit range spans and SQLite can hold")
             return value
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             return int(value.strip())
@@ -160,6 +165,10 @@ def coerce_value(value: Any, *, as_int: bool = False) -> str | int | float | boo
         # Lone surrogates cannot be encoded for export or storage.
         text = value.encode("utf-8", "replace").decode("utf-8")
         return text[:ATTRIBUTE_VALUE_LIMIT]
+    if isinstance(value, int) and not isinstance(value, bool) and not (
+        _INT64_MIN <= value <= _INT64_MAX
+    ):
+        return str(value)[:ATTRIBUTE_VALUE_LIMIT]  # keep the digits, as text
     if isinstance(value, (bool, int, float)):
         return value
     raise JunkValue(f"expected a string, number or bool, got {type(value).__name__}")

@@ -133,3 +133,31 @@ def test_queue_bound_counts_what_it_drops(tmp_path: Path) -> None:
     assert stats["queued"] == 10
     assert stats["queue_full"] == 15
     writer.close(timeout_seconds=0.2)
+
+
+def test_a_row_sqlite_cannot_bind_is_dropped_and_counted_not_retried_forever(
+    tmp_path: Path,
+) -> None:
+    writer = StoreWriter(tmp_path / "d.db")
+    try:
+        poison = {"delivery_id": "bad", "attempt": 2**70, "trace_id": "t" * 32,
+                  "span_id": "b" * 16, "status": "delivered", "started_at_ms": 1}
+        good = {"delivery_id": "good", "attempt": 1, "trace_id": "t" * 32,
+                "span_id": "a" * 16, "status": "delivered", "started_at_ms": 2}
+        writer.end_attempt(poison)  # on the hot path
+        writer.submit("ai_runs", {"trace_id": "t", "span_id": "s", "status": "ok",
+                                  "started_at_ms": 2**80})  # in a batch
+        writer.submit("ai_runs", {"trace_id": "t", "span_id": "s2", "status": "ok",
+                                  "started_at_ms": 3})
+        writer.end_attempt(good)
+        assert writer.flush(timeout_seconds=5)
+        assert writer.stats()["unwritable_row"] == 2
+        conn = sqlite3.connect(tmp_path / "d.db")
+        assert conn.execute("SELECT delivery_id FROM attempts").fetchall() == [("good",)]
+        assert conn.execute("SELECT span_id FROM ai_runs").fetchall() == [("s2",)]
+        assert conn.execute(
+            "SELECT count FROM drops WHERE reason = 'unwritable_row'"
+        ).fetchone() == (2,)
+        conn.close()
+    finally:
+        writer.close()
