@@ -37,7 +37,7 @@ __all__ = ["Instrumentation", "configure"]
 _log = logging.getLogger("otel_delivery")
 
 PSEUDONYM_KEY_ENV = "OTEL_DELIVERY_PSEUDONYM_KEY"
-_DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 2.0
+_DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 1.5
 _VERSION = "0.1.0"
 
 
