@@ -222,42 +222,13 @@ def test_otlp_http_export_over_loopback(
     assert count(tmp_path / "d.db", "attempts") == 1
 
 
-@pytest.fixture
-def hanging_collector() -> Iterator[str]:
-    """A TCP listener that accepts and never answers: the worst kind of dead collector."""
-    import socket
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                accepted.append(listener.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    stop.set()
-    thread.join()
-    for conn in accepted:
-        conn.close()
-    listener.close()
-
-
 def test_a_hanging_collector_cannot_hold_flush_or_shutdown(
-    tmp_path: Path, hanging_collector: str
+    tmp_path: Path, hanging_endpoint: str
 ) -> None:
     import time
 
     otel = otel_delivery.configure(
-        store=tmp_path / "d.db", tracer_provider=TracerProvider(), otlp_endpoint=hanging_collector
+        store=tmp_path / "d.db", tracer_provider=TracerProvider(), otlp_endpoint=hanging_endpoint
     )
 
     @otel_delivery.deliver(channel="telegram")

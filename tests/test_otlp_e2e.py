@@ -14,7 +14,6 @@ import shutil
 import socket
 import sqlite3
 import subprocess
-import threading
 import time
 import urllib.request
 from collections import defaultdict
@@ -219,33 +218,6 @@ def test_a_retry_after_a_restart_joins_the_trace_over_grpc(tmp_path: Path) -> No
 
 
 # -- collector down -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def hanging_endpoint() -> Iterator[str]:
-    """Accepts TCP connections and never answers: a collector stuck mid-request."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    listener.settimeout(0.1)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                accepted.append(listener.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    stop.set()
-    thread.join(timeout=5)
-    for conn in accepted:
-        conn.close()
-    listener.close()
 
 
 CALLS = 30
