@@ -13,6 +13,7 @@ which ends with ``PRAGMA incremental_vacuum``.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import sqlite3
@@ -50,12 +51,17 @@ def store_size(path: Path) -> dict[str, int]:
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         attempts = conn.execute("SELECT MAX(id) - MIN(id) + 1 FROM attempts").fetchone()[0]
         (count,) = conn.execute("SELECT COUNT(*) FROM attempts").fetchone()
+        rows = sum(
+            conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+            for t in ("attempts", "inbound_messages", "ai_runs", "enqueues", "writers")
+        )
     finally:
         conn.close()
     wal = path.with_name(path.name + "-wal")
     return {
         "bytes": path.stat().st_size, "wal_bytes": wal.stat().st_size if wal.exists() else 0,
         "pages": pages, "freelist": free, "page_size": page_size, "attempts": count,
+        "rows": rows,
         "attempt_id_span": attempts or 0,
     }
 
@@ -66,6 +72,45 @@ def _latency_stats(values: list[float]) -> dict[str, float]:
     ms = sorted(v * 1e3 for v in values)
     p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))]
     return {"n": len(ms), "median_ms": statistics.median(ms), "p99_ms": p99, "max_ms": ms[-1]}
+
+
+def _kind(sql: str) -> str:
+    words = sql.split()
+    head = " ".join(words[:2]).upper()
+    if head.startswith("DELETE FROM") and len(words) > 2:
+        return f"DELETE FROM {words[2]}"
+    if head.startswith("PRAGMA"):
+        return "PRAGMA " + words[1].split("(")[0]
+    return words[0].upper() if words else "?"
+
+
+def _blame(
+    statements: list[tuple[float, str]], during: list[list[Any]]
+) -> dict[str, int]:
+    """For each writer call that waited over 20 ms, the prune statement running when it
+    began (the last one started before it)."""
+    starts = [t for t, _ in statements]
+    out: dict[str, int] = {}
+    for t0, start_s, end_s, _ in during:
+        if max(start_s, end_s) < 0.020:
+            continue
+        i = bisect.bisect_right(starts, t0) - 1
+        kind = _kind(statements[i][1]) if i >= 0 else "before prune"
+        out[kind] = out.get(kind, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def _phases(statements: list[tuple[float, str]], p0: float, p1: float) -> dict[str, float]:
+    """Seconds spent finding and deleting, vacuuming, analysing, checkpointing."""
+    marks: list[tuple[str, float]] = [("delete", p0)]
+    for name, prefix in (("incremental_vacuum", "PRAGMA incremental_vacuum"),
+                         ("analyze", "ANALYZE"), ("checkpoint", "PRAGMA wal_checkpoint")):
+        first = next((t for t, sql in statements if sql.lstrip().startswith(prefix)), None)
+        if first is not None:
+            marks.append((name, first))
+    marks.sort(key=lambda m: m[1])
+    marks.append(("end", p1))
+    return {name: round(marks[i + 1][1] - t, 3) for i, (name, t) in enumerate(marks[:-1])}
 
 
 def run_prune(
@@ -89,6 +134,9 @@ def run_prune(
         time.sleep(quiet_seconds)
         db = open_store(store)
         kwargs: dict[str, Any] = {} if batch_size is None else {"batch_size": batch_size}
+        # When each of prune's statements started, to tell which one a writer waited on.
+        statements: list[tuple[float, str]] = []
+        db.conn.set_trace_callback(lambda sql: statements.append((time.monotonic(), sql)))
         p0 = time.monotonic()
         try:
             pruned = prune(
@@ -97,6 +145,7 @@ def run_prune(
             )
         finally:
             p1 = time.monotonic()
+            db.conn.set_trace_callback(None)
             db.close()
         time.sleep(quiet_seconds)
     finally:
@@ -114,6 +163,8 @@ def run_prune(
         "no_prune": _latency_stats([max(r[1], r[2]) for r in quiet]),
     }
     deferred = {"during_prune": sum(r[3] for r in during), "no_prune": sum(r[3] for r in quiet)}
+    blame = _blame(statements, during)
+    phases = _phases(statements, p0, p1)
     seconds = p1 - p0
     deleted = sum(pruned.deleted.values())
     rows_per_s = deleted / seconds if seconds > 0 else float("nan")
@@ -133,12 +184,14 @@ def run_prune(
               f"{deferred['no_prune']} without"),
         extra={"stall": stall, "deferred": deferred, "prune": pruned.to_dict(),
                "prune_seconds": seconds, "rows_per_second": rows_per_s,
+               "prune_phases_seconds": phases, "stalls_over_20ms_by_prune_statement": blame,
                "writer_stats": data["stats"]},
     )]
     per_m_before = before["bytes"] / before["attempts"] * 1e6
     per_m_after = after["bytes"] / after["attempts"] * 1e6
-    deleted_share = 1 - after["attempts"] / before["attempts"]
-    freed_share = 1 - after["bytes"] / before["bytes"]
+    # Shares from the prune itself, so the writer's new rows do not blur them.
+    deleted_share = deleted / before["rows"] if before["rows"] else 0.0
+    freed_share = pruned.pages_freed / pruned.page_count_before
     give_back = freed_share / deleted_share if deleted_share > 0 else None
     results.append(Result(
         id="7-size", measure="#7 store size per 1M attempts, before → after prune + vacuum",
@@ -147,10 +200,10 @@ def run_prune(
         ratio=give_back, spread=None,
         target="reported; space really comes back (file shrinks with the rows)",
         met=give_back is not None and give_back >= 0.8,
-        note=(f"file {before['bytes'] / 1e6:,.0f} → {after['bytes'] / 1e6:,.0f} MB "
-              f"({freed_share:.1%} smaller) for {deleted_share:.1%} fewer attempts; ratio is "
-              f"freed share / deleted share; freelist after {after['freelist']} pages; "
-              "includes inbound, run and enqueue rows"),
+        note=(f"file {before['bytes'] / 1e6:,.0f} → {after['bytes'] / 1e6:,.0f} MB; prune "
+              f"freed {freed_share:.1%} of the pages for {deleted_share:.1%} of the rows "
+              f"(ratio = freed share / deleted share); freelist after {after['freelist']} "
+              "pages; sizes include each attempt's inbound, run and enqueue rows"),
         extra={"before": before, "after": after},
     ))
     return results, {"writer_records": len(records)}

@@ -49,7 +49,7 @@ class Size:
 SIZES = {
     "tiny": Size("tiny", 100, 3, 1, 50, 3, (3_000,), 3, 300, 2_000, 0.5),
     "small": Size("small", 1_000, 7, 1, 400, 5, (100_000,), 5, 10_000, 20_000, 2.0),
-    "full": Size("full", 5_000, 21, 3, 4_000, 11, (1_000_000, 10_000_000), 11, 10_000,
+    "full": Size("full", 5_000, 21, 3, 4_000, 11, (1_000_000, 10_000_000), 7, 10_000,
                  1_000_000, 10.0),
 }
 TARGET_ATTEMPTS = 10_000_000
@@ -59,16 +59,19 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def build_store(work: Path, attempts: int, *, seed: int = 4) -> tuple[Path, int, float]:
+def build_store(
+    work: Path, attempts: int, *, seed: int = 4
+) -> tuple[Path, int, dict[str, Any]]:
     """A store of about ``attempts`` attempts over 30 days (cached in ``work``).
 
-    Returns (path, the "now" its traffic ends at, seconds it took to build; 0 if cached).
+    Returns (path, the "now" its traffic ends at, info: row counts, build seconds, and
+    whether it came from the cache).
     """
     path = work / f"store-{attempts}-seed{seed}.db"
     marker = path.with_suffix(".json")
     if marker.exists() and path.exists():
         info = json.loads(marker.read_text())
-        return path, int(info["end_ms"]), 0.0
+        return path, int(info["end_ms"]), {**info, "cached": True}
     for suffix in ("", "-wal", "-shm"):
         Path(str(path) + suffix).unlink(missing_ok=True)
     end_ms = time.time_ns() // 1_000_000
@@ -76,8 +79,10 @@ def build_store(work: Path, attempts: int, *, seed: int = 4) -> tuple[Path, int,
     with BulkWriter(path) as bulk:
         counts = bulk.write(messages(messages_for_attempts(attempts), end_ms=end_ms, seed=seed))
     seconds = time.monotonic() - t0
-    marker.write_text(json.dumps({"end_ms": end_ms, "counts": counts, "seconds": seconds}))
-    return path, end_ms, seconds
+    info = {"end_ms": end_ms, "counts": counts, "seconds": round(seconds, 1),
+            "bytes": path.stat().st_size}
+    marker.write_text(json.dumps(info))
+    return path, end_ms, {**info, "cached": False}
 
 
 def _copy_store(src: Path, dst: Path) -> Path:
@@ -162,11 +167,12 @@ def run(
     if any(m in only for m in "4567"):
         for n in size.query_attempts:
             log(f"building a store of {n:,} attempts (bulk path; cached in {work}) ...")
-            path, end_ms, seconds = build_store(work, n)
+            path, end_ms, info = build_store(work, n)
             stores[n] = (path, end_ms)
-            doc["timings_seconds"][f"build store {n}"] = round(seconds, 1)
-            log(f"  {path.stat().st_size / 1e6:,.0f} MB in {seconds:.0f} s" if seconds
-                else "  cached")
+            doc["extra"][f"store {n}"] = info
+            doc["timings_seconds"][f"build store {n}"] = 0.0 if info["cached"] else info["seconds"]
+            log(f"  {path.stat().st_size / 1e6:,.0f} MB, built in {info['seconds']:.0f} s"
+                + (" (cached from an earlier run)" if info["cached"] else ""))
     if "4" in only:
         from .queries import build_failed_folder, run_queries
 
@@ -183,15 +189,18 @@ def run(
             ))
     if stores and any(m in only for m in "567"):
         n = max(stores)
-        big, end_ms = stores[n]
-        log(f"copying the {n:,}-attempt store for #5-#7 (they change it) ...")
-        copy = _copy_store(big, work / "scratch.db")
+        end_ms = stores[n][1]
+        log("copying the stores for #5-#7 (they write to them) ...")
+        copies = {
+            m: _copy_store(path, work / f"scratch-{m}.db")
+            for m, (path, _) in stores.items() if m == n or "6" in only
+        }
+        copy = copies[n]
         if "6" in only:
             from .memory import run_memory
 
             step("memory (#6)", lambda: run_memory(
-                spans=size.rss_spans, big_store=copy, big_attempts=n,
-                workdir=_fresh(work / "memory"),
+                spans=size.rss_spans, big_stores=copies, workdir=_fresh(work / "memory"),
             ))
         if "5" in only or "7" in only:
             from .pruning import run_prune
