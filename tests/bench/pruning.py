@@ -66,6 +66,53 @@ def store_size(path: Path) -> dict[str, int]:
     }
 
 
+def page_breakdown(path: Path) -> dict[str, dict[str, float]]:
+    """Pages per table and index, and how full their leaves are (SQLite's dbstat).
+
+    Shows where space stays after a prune: a table or time-ordered index loses whole
+    pages, a random-key index only gets sparser.
+    """
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        rows = conn.execute(
+            "SELECT name, COUNT(*), SUM(CASE WHEN pagetype = 'leaf' THEN pgsize - unused END),"
+            " SUM(CASE WHEN pagetype = 'leaf' THEN pgsize END) FROM dbstat GROUP BY name"
+        ).fetchall()
+    except sqlite3.OperationalError:  # SQLite built without dbstat
+        return {}
+    finally:
+        conn.close()
+    return {
+        name: {"pages": pages, "leaf_fill": round(used / size, 3) if size else 0.0}
+        for name, pages, used, size in sorted(rows, key=lambda r: -r[1])
+    }
+
+
+_TABLES = ("attempts", "inbound_messages", "ai_runs", "enqueues")
+_RANDOM_KEY = ("idx_attempts_span", "idx_attempts_delivery", "idx_attempts_trace",
+               "idx_inbound_trace", "idx_runs_trace", "idx_enqueues_trace",
+               "idx_inbound_inbound_id")
+
+
+def shrink_by_group(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
+) -> dict[str, float]:
+    """Share of pages each kind of b-tree gave up: tables, random-key indexes, the rest."""
+    def group(name: str) -> str:
+        if name in _TABLES:
+            return "tables"
+        if name in _RANDOM_KEY:
+            return "random-key indexes"
+        return "time/status indexes" if name.startswith("idx_") else "other"
+
+    totals: dict[str, list[float]] = {}
+    for name, b in before.items():
+        t = totals.setdefault(group(name), [0.0, 0.0])
+        t[0] += b["pages"]
+        t[1] += after.get(name, {"pages": 0})["pages"]
+    return {g: round(1 - a / b, 3) for g, (b, a) in totals.items() if b}
+
+
 def _latency_stats(values: list[float]) -> dict[str, float]:
     if not values:
         return {"n": 0, "median_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
@@ -117,6 +164,7 @@ def run_prune(
     *, store: Path, now_ms: int, quiet_seconds: float, workdir: Path, batch_size: int | None = None
 ) -> tuple[list[Result], dict[str, Any]]:
     before = store_size(store)
+    pages_before = page_breakdown(store)
     ready, stop, out = workdir / "writer.ready", workdir / "writer.stop", workdir / "writer.json"
     for f in (ready, stop, out):
         f.unlink(missing_ok=True)
@@ -153,6 +201,7 @@ def run_prune(
         child.wait(60)
     data = json.loads(out.read_text())
     after = store_size(store)
+    pages_after = page_breakdown(store)
 
     records = data["records"]
     settle = records[0][0] + 0.5 if records else 0.0
@@ -193,6 +242,8 @@ def run_prune(
     deleted_share = deleted / before["rows"] if before["rows"] else 0.0
     freed_share = pruned.pages_freed / pruned.page_count_before
     give_back = freed_share / deleted_share if deleted_share > 0 else None
+    shrink = shrink_by_group(pages_before, pages_after)
+    by_kind = ", ".join(f"{g} {v:.1%}" for g, v in shrink.items() if g != "other")
     results.append(Result(
         id="7-size", measure="#7 store size per 1M attempts, before → after prune + vacuum",
         a_label="MB per 1M attempts after", b_label="MB per 1M attempts before",
@@ -202,8 +253,10 @@ def run_prune(
         met=give_back is not None and give_back >= 0.8,
         note=(f"file {before['bytes'] / 1e6:,.0f} → {after['bytes'] / 1e6:,.0f} MB; prune "
               f"freed {freed_share:.1%} of the pages for {deleted_share:.1%} of the rows "
-              f"(ratio = freed share / deleted share); freelist after {after['freelist']} "
-              "pages; sizes include each attempt's inbound, run and enqueue rows"),
-        extra={"before": before, "after": after},
+              f"(ratio = freed share / deleted share); pages given up by {by_kind}; "
+              f"freelist after {after['freelist']} pages; sizes include each attempt's "
+              "inbound, run and enqueue rows"),
+        extra={"before": before, "after": after, "pages_before": pages_before,
+               "pages_after": pages_after, "shrink_by_group": shrink},
     ))
     return results, {"writer_records": len(records)}
