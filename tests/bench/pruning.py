@@ -246,8 +246,8 @@ def run_prune(
     by_kind = ", ".join(f"{g} {v:.1%}" for g, v in shrink.items() if g != "other")
     results.append(Result(
         id="7-size", measure="#7 store size per 1M attempts, before → after prune + vacuum",
-        a_label="MB per 1M attempts after", b_label="MB per 1M attempts before",
-        a=per_m_after / 1e6, b=per_m_before / 1e6, unit="MB",
+        a_label="MB per 1M attempts before", b_label="MB per 1M attempts after",
+        a=per_m_before / 1e6, b=per_m_after / 1e6, unit="MB",
         ratio=give_back, spread=None,
         target="reported; space really comes back (file shrinks with the rows)",
         met=give_back is not None and give_back >= 0.8,
