@@ -73,6 +73,15 @@ def _raw_sample(path: Path, make: Any) -> Any:
     return sample, conn
 
 
+def _losses(stats: dict[str, int], prefix: str) -> str:
+    """Rows the store did not take as asked: a rate that dropped rows is not a rate."""
+    dropped = stats.get(f"{prefix}queue_full", 0)
+    deferred = stats.get(f"{prefix}deferred", 0)
+    if not dropped and not deferred:
+        return "no rows dropped or deferred"
+    return f"CAUTION: {dropped:,} rows dropped (queue full), {deferred:,} attempt rows deferred"
+
+
 def run_ingest(
     *, messages_per_sample: int, rounds: int, warmup: int, workdir: Path
 ) -> tuple[list[Result], dict[str, Any]]:
@@ -111,7 +120,8 @@ def run_ingest(
         a_label="ours (spans/s)", b_label="raw executemany (rows/s)",
         a=1 / r.median("ours"), b=1 / r.median("raw"), unit="per s", ratio=med, spread=spread,
         target="≥ 0.7×", met=med >= 0.7,
-        note="one span = one row; includes span creation in the decorators",
+        note="one span = one row; includes span creation in the decorators; "
+        + _losses(extra["spans_stats"], "store."),
     ))
 
     # 3b: the same rows through StoreWriter's own API.
@@ -149,6 +159,7 @@ def run_ingest(
         a_label="ours (rows/s)", b_label="raw executemany (rows/s)",
         a=1 / r.median("ours"), b=1 / r.median("raw"), unit="per s", ratio=med, spread=spread,
         target="≥ 0.7×", met=med >= 0.7,
-        note="attempts take start_attempt + end_attempt (two commits each), as the processor",
+        note="attempts take start_attempt + end_attempt (two commits each), as the processor; "
+        + _losses(extra["writer_stats"], ""),
     ))
     return results, extra
