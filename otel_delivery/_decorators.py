@@ -46,9 +46,6 @@ class Decorator(Protocol):
     def __call__(self, func: Callable[P, R], /) -> Callable[P, R]: ...
 
 
-_NOT_SET: Any = object()
-
-
 @dataclass(frozen=True)
 class _Field:
     """One per-call value a decorator accepts, and where it goes on the span."""
