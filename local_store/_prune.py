@@ -6,7 +6,10 @@ kept can still be told as a whole story (``trace_story``).
 
 Deletes go in small batches. Each batch first finds its row ids with a plain read
 (no lock held), then deletes them by primary key in its own short transaction,
-re-checking the rule so a row a writer changed in between is left alone. Between
+re-checking the rule so a row a writer changed in between is left alone. The batch
+size follows the time each delete holds the write lock: it shrinks when a delete
+takes longer than 20 ms (on a large store, random-key index pages are cold and each
+row costs more) and grows back, up to ``batch_size``, when deletes are quick. Between
 batches the write lock is left free for at least as long as the batch held it:
 SQLite's busy handler polls with growing sleeps, and a lock that is released for
 only a few microseconds would starve a waiting writer until its timeout.
@@ -31,6 +34,10 @@ DEFAULT_BATCH_SIZE = 500
 DEFAULT_VACUUM_PAGES_PER_STEP = 256
 # Longest pause between batches: enough for any hot-path writer to get in.
 _MAX_PAUSE_SECONDS = 0.05
+# How long one delete batch may hold the write lock; well inside the writer's 50 ms
+# hot-path bound. The batch size adapts to it, never going below _MIN_BATCH rows.
+_BATCH_HOLD_SECONDS = 0.02
+_MIN_BATCH = 10
 _MAX_ID = 2**63 - 1
 # (time, id) bounds; below every real row, so "nothing" when a rule does not apply.
 _NOTHING = (-1, -1)
@@ -258,8 +265,11 @@ def _run_pass(
     # Keyset paging: rows a rule keeps are passed over once, not re-read by every batch.
     after = (-(2**63), -(2**63))
     total = batches = 0
+    size = batch_size
     while True:
-        found = db.execute(find, {**q, "after_ms": after[0], "after_id": after[1]}).fetchall()
+        found = db.execute(
+            find, {**q, "batch": size, "after_ms": after[0], "after_id": after[1]}
+        ).fetchall()
         if not found:
             return total, batches
         after = (int(found[-1][1]), int(found[-1][0]))
@@ -270,7 +280,18 @@ def _run_pass(
         with db.atomic():
             total += db.execute(delete, {**q, "ids": json.dumps([r[0] for r in found])}).rowcount
         batches += 1
-        _let_writers_in(time.monotonic() - started)
+        held = time.monotonic() - started
+        size = _next_batch_size(size, len(found), held, batch_size)
+        _let_writers_in(held)
+
+
+def _next_batch_size(size: int, rows: int, held_seconds: float, largest: int) -> int:
+    """Aim the next batch at ``_BATCH_HOLD_SECONDS`` of lock time."""
+    if held_seconds > _BATCH_HOLD_SECONDS and rows > _MIN_BATCH:
+        return max(_MIN_BATCH, min(largest, int(rows * _BATCH_HOLD_SECONDS / held_seconds)))
+    if held_seconds < _BATCH_HOLD_SECONDS / 2 and rows >= size:
+        return min(largest, size * 2)
+    return size
 
 
 def _let_writers_in(held_seconds: float) -> None:

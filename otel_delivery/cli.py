@@ -385,7 +385,7 @@ def interrupted(store: str | None, as_json: bool, since: str | None, limit: int)
 @click.option("--max-attempts", type=int, default=None, help="Also keep at most N attempts.")
 @click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
 @click.option("--batch-size", type=int, default=500, show_default=True,
-              help="Rows per delete transaction.")
+              help="Most rows per delete transaction (fewer when deletes are slow).")
 @_store_and_json
 def prune(
     store: str | None,
