@@ -6,11 +6,20 @@ Two paths:
   a delivery attempt's row is committed before the send runs, and its outcome when
   the send returns, so a crash leaves an ``interrupted`` row rather than nothing.
   The caller waits for the store lock at most ``hot_path_timeout_seconds``; if the
-  store is locked, read-only, full or gone, the row goes to the background queue
-  instead (counted as ``deferred``) and the circuit stays open for
-  ``hot_path_cooldown_seconds`` so later calls do not pay the wait again.
-* **Batched** (:meth:`StoreWriter.submit`): everything else goes to a bounded
-  in-memory queue that a daemon thread writes with ``executemany``.
+  store is locked by another process, read-only, full or gone, the row goes to the
+  background queue instead (counted as ``deferred``) and the circuit stays open for
+  ``hot_path_cooldown_seconds`` so later calls do not pay the wait again. A wait that
+  times out behind this process's own background batch defers only that row.
+* **Batched** (:meth:`StoreWriter.submit`, :meth:`StoreWriter.submit_lazy`): everything
+  else goes to a bounded in-memory queue that a daemon thread writes with
+  ``executemany``. A lazy row is built by that thread, off the caller's. Each batch is
+  sized to hold the write lock about ``_BATCH_HOLD_SECONDS``, well inside the hot
+  path's bound, so a caller never waits long behind it.
+
+The store's WAL is checkpointed by the background thread (PASSIVE, never waiting), not
+by whichever commit happens to cross SQLite's auto-checkpoint threshold: a checkpoint
+copies every page written since the last one, and on the caller's thread, after a
+prune or a burst, that can take hundreds of milliseconds.
 
 Nothing raises into the caller. Rows that cannot be kept (queue full) are counted
 in the ``drops`` table by reason; so are write errors. Rows that fail to write stay
@@ -27,7 +36,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +53,16 @@ DEFAULT_MAX_QUEUE = 20_000
 DEFAULT_FLUSH_INTERVAL_SECONDS = 0.25
 DEFAULT_HOT_PATH_TIMEOUT_SECONDS = 0.05
 DEFAULT_HOT_PATH_COOLDOWN_SECONDS = 1.0
+# Rows per background transaction: the most, the fewest, and the lock time aimed at.
 _BATCH_SIZE = 1_000
+_MIN_BATCH = 20
+_BATCH_HOLD_SECONDS = 0.015
+# A hot-path wait that times out while the background thread has held the lock this
+# long means it is stuck behind another process: open the circuit, as for a busy store.
+_STUCK_AFTER_TIMEOUTS = 4
+# Checkpoint the WAL after this many hot-path commits, or this long after a write.
+_CHECKPOINT_EVERY_COMMITS = 200
+_CHECKPOINT_INTERVAL_SECONDS = 1.0
 
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "inbound_messages": (
@@ -130,6 +148,9 @@ def _attempt_params(row: Mapping[str, Any]) -> list[Any]:
     return params
 
 
+# A queued row: built, or a function the background thread calls to build it.
+_Row = dict[str, Any] | Callable[[], Mapping[str, Any]]
+
 # Writers alive in this process, so a fork can reset every one of them.
 _writers: weakref.WeakSet[StoreWriter] = weakref.WeakSet()
 # Connections that must never be closed: inherited across a fork (the parent still
@@ -200,8 +221,13 @@ class StoreWriter:
         # alike: waiting on it is cheaper and fairer than SQLite's busy polling.
         self._lock = threading.Lock()
         self._cond = threading.Condition()  # guards the queue and counters below
-        self._queue: deque[tuple[str, dict[str, Any]]] = deque()
+        self._queue: deque[tuple[str, _Row]] = deque()
         self._in_flight = 0  # rows taken off the queue by a batch not yet committed
+        self._batch_rows = _BATCH_SIZE  # the next batch's size, adapted to its lock time
+        self._bg_lock_since = 0.0  # monotonic time the background thread took the lock
+        self._hot_commits = 0  # hot-path commits since the last checkpoint
+        self._bg_commits = 0  # background commits since the last checkpoint
+        self._last_checkpoint = time.monotonic()
         self._hot_conn: sqlite3.Connection | None = None
         self._hot_identity: tuple[int, int] | None = None
         self._hot_open_until = 0.0  # monotonic time the hot path stays bypassed until
@@ -236,6 +262,8 @@ class StoreWriter:
         st = os.stat(self.path)
         identity = (st.st_dev, st.st_ino)
         conn = db.conn
+        # The background thread checkpoints (see the module docstring).
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
         if identity != self._registered_in:
             # A new file (first open, or the old one was deleted or moved aside):
             # this process registers as a writer of it, and rescues its orphans.
@@ -348,9 +376,13 @@ class StoreWriter:
     ) -> tuple[bool, int | None]:
         """Commit one attempt row within the hot-path bound: (written, attempt number)."""
         if not self._lock.acquire(timeout=self.hot_path_timeout_seconds):
-            # The background writer held the lock past the bound, so it is waiting on
-            # another process: skip the wait for a while rather than pay it every call.
-            self._hot_open_until = time.monotonic() + self.hot_path_cooldown_seconds
+            held_since = self._bg_lock_since
+            stuck = max(self.hot_path_timeout_seconds, 0.01) * _STUCK_AFTER_TIMEOUTS
+            if held_since and time.monotonic() - held_since >= stuck:
+                # The background writer has held the lock far past a batch's time, so
+                # it is waiting on another process: skip the wait for a while rather
+                # than pay it every call. A batch that merely ran long defers one row.
+                self._hot_open_until = time.monotonic() + self.hot_path_cooldown_seconds
             return False, None
         try:
             conn = self._hot_connection()
@@ -361,6 +393,7 @@ class StoreWriter:
                 cur = conn.execute(sql, _attempt_params(row))
                 result = cur.fetchone() if returning else None
                 conn.commit()
+                self._hot_commits += 1
             except Exception as exc:
                 if _is_row_problem(exc):
                     conn.rollback()
@@ -372,6 +405,16 @@ class StoreWriter:
             return True, int(result[0]) if result is not None else row.get("attempt")
         finally:
             self._lock.release()
+            if self._hot_commits >= _CHECKPOINT_EVERY_COMMITS:
+                self._wake_for_checkpoint()
+
+    def _wake_for_checkpoint(self) -> None:
+        with self._cond:
+            if self._thread is None:
+                if not self._closed:
+                    self._start_thread()
+            else:
+                self._cond.notify()
 
     # -- batched rows --------------------------------------------------------------
 
@@ -386,7 +429,21 @@ class StoreWriter:
         row.setdefault("service", self.service)
         self._enqueue(table, row)
 
-    def _enqueue(self, kind: str, row: dict[str, Any]) -> None:
+    def submit_lazy(self, table: str, make_row: Callable[[], Mapping[str, Any]]) -> None:
+        """Queue a row that the background thread builds by calling ``make_row()``.
+
+        For rows that take work to build: the caller pays for an append only. A
+        ``make_row`` that raises loses its row, counted as ``unbuildable_row``.
+        Never blocks, never raises (except for an unknown table, as :meth:`submit`).
+        """
+        if table not in _INSERT_SQL:
+            raise ValueError(f"unknown table {table!r}; expected one of {sorted(_INSERT_SQL)}")
+        if self._closed:
+            self.count_drop("closed")
+            return
+        self._enqueue(table, make_row)
+
+    def _enqueue(self, kind: str, row: _Row) -> None:
         if os.getpid() != self._pid:
             self._reset_after_fork()
         with self._cond:
@@ -396,7 +453,7 @@ class StoreWriter:
             self._queue.append((kind, row))
             if self._thread is None:
                 self._start_thread()
-            elif len(self._queue) >= _BATCH_SIZE:
+            elif len(self._queue) >= self._batch_rows:
                 self._cond.notify()
 
     def count_drop(self, reason: str, n: int = 1, *, error: str | None = None) -> None:
@@ -456,6 +513,8 @@ class StoreWriter:
                 target = self._flush_requests
             ok = self._write_pending()
             failing = not ok
+            if ok:
+                self._maybe_checkpoint()
             with self._cond:
                 if ok:
                     self._flushed_through = target
@@ -470,26 +529,37 @@ class StoreWriter:
         """Write everything queued; True when the queue and drop counts are empty."""
         while True:
             with self._cond:
-                batch = [self._queue.popleft() for _ in range(min(_BATCH_SIZE, len(self._queue)))]
-                self._in_flight = len(batch)
+                n = min(self._batch_rows, len(self._queue))
+                taken = [self._queue.popleft() for _ in range(n)]
+                self._in_flight = len(taken)
                 drops = self._pending_drops
                 self._pending_drops = {}
-            if not batch and not drops:
+            if not taken and not drops:
                 return True
+            batch = self._build_rows(taken)
             try:
                 with self._lock:
+                    self._bg_lock_since = started = time.monotonic()
                     try:
-                        self._write_batch(batch, drops)
-                    except Exception as exc:
-                        if not _is_row_problem(exc):
-                            raise
-                        # One bad row (a value SQLite cannot bind) must not hold the
-                        # queue forever: write the rows one by one, counting the bad ones.
-                        self._write_batch(batch, drops, one_by_one=True)
+                        try:
+                            self._write_batch(batch, drops)
+                        except Exception as exc:
+                            if not _is_row_problem(exc):
+                                raise
+                            # One bad row (a value SQLite cannot bind) must not hold the
+                            # queue forever: write the rows one by one, counting the bad
+                            # ones.
+                            self._write_batch(batch, drops, one_by_one=True)
+                    finally:
+                        self._bg_lock_since = 0.0
+                        held = time.monotonic() - started
+                self._adapt_batch(len(batch), held)
                 with self._cond:
                     self._in_flight = 0
+                    self._bg_commits += 1
                     more = bool(self._queue)
                 if more:
+                    self._maybe_checkpoint()
                     # Let a waiting hot-path call take the lock between batches.
                     time.sleep(0.0005)
             except Exception as exc:
@@ -497,12 +567,12 @@ class StoreWriter:
                     self._in_flight = 0
                     # Put the rows back in order; counts merge with any new ones.
                     self._queue.extendleft(reversed(batch))
-                    for reason, (n, first, last, err) in drops.items():
+                    for reason, (count, first, last, err) in drops.items():
                         cur = self._pending_drops.get(reason)
                         if cur is None:
-                            self._pending_drops[reason] = [n, first, last, err]
+                            self._pending_drops[reason] = [count, first, last, err]
                         else:
-                            cur[0] += n
+                            cur[0] += count
                             cur[1] = min(cur[1], first)
                     self._totals["write_errors"] = self._totals.get("write_errors", 0) + 1
                 self._log.warning(
@@ -511,6 +581,65 @@ class StoreWriter:
                 )
                 self._close_bg()
                 return False
+
+    def _build_rows(
+        self, taken: list[tuple[str, _Row]]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Call the builders of lazy rows (outside the lock); count the ones that fail."""
+        batch: list[tuple[str, dict[str, Any]]] = []
+        for kind, row in taken:
+            if callable(row):
+                try:
+                    built = dict(row())
+                except Exception as exc:
+                    with self._cond:
+                        self._count_locked("unbuildable_row", 1, f"{kind}: {exc!r}"[:300])
+                    continue
+                built.setdefault("service", self.service)
+                batch.append((kind, built))
+            else:
+                batch.append((kind, row))
+        return batch
+
+    def _adapt_batch(self, rows: int, held_seconds: float) -> None:
+        """Aim the next batch at ``_BATCH_HOLD_SECONDS`` of lock time."""
+        size = self._batch_rows
+        if held_seconds > _BATCH_HOLD_SECONDS and rows > _MIN_BATCH:
+            size = max(_MIN_BATCH, int(rows * _BATCH_HOLD_SECONDS / held_seconds))
+        elif held_seconds < _BATCH_HOLD_SECONDS / 2 and rows >= size:
+            size = min(_BATCH_SIZE, size * 2)
+        self._batch_rows = size
+
+    def _maybe_checkpoint(self) -> None:
+        """Copy the WAL into the database now and then, on this (background) thread."""
+        with self._cond:
+            elapsed = time.monotonic() - self._last_checkpoint
+            written = self._hot_commits + self._bg_commits
+            if not (self._hot_commits >= _CHECKPOINT_EVERY_COMMITS
+                    or (written and elapsed >= _CHECKPOINT_INTERVAL_SECONDS)):
+                return
+            self._hot_commits = self._bg_commits = 0
+            self._last_checkpoint = time.monotonic()
+        try:
+            if self._bg_conn is None or self._file_replaced(self._bg_identity):
+                with self._lock:
+                    if self._bg_conn is not None:
+                        self._close_bg()
+                    self._bg_conn, self._bg_identity = self._open(5.0)
+            # PASSIVE copies what it can without waiting for readers or writers...
+            self._bg_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            # ...but SQLite starts the WAL over only if no frame is left when the next
+            # write begins, and this process's writes race the copy. Copy the few
+            # written meanwhile with our writes held off (fsync here takes well under
+            # a millisecond), or the WAL file would grow for as long as traffic lasts.
+            if self._lock.acquire(timeout=self.hot_path_timeout_seconds):
+                try:
+                    self._bg_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                finally:
+                    self._lock.release()
+        except Exception as exc:
+            self._log.warning("checkpoint", "otel-delivery could not checkpoint %s (%s)",
+                              self.path, exc)
 
     def _write_batch(
         self,

@@ -3,12 +3,14 @@
 This is the one module that knows both the span shape (``_attributes``) and the
 row shape (``local_store``). A deliver span's row is committed in ``on_start``,
 before the send runs, and its outcome in ``on_end``; inbound, AI-run and enqueue
-rows are handed to the store's background writer.
+spans are handed to the store's background writer as they end, which builds their
+rows on its own thread (an ended span no longer changes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from opentelemetry.context import Context
@@ -83,11 +85,13 @@ class StoreSpanProcessor(SpanProcessor):
             if kind == A.KIND_DELIVER:
                 self.writer.end_attempt(self._attempt_row(span, attributes))
             elif kind == A.KIND_INBOUND:
-                self.writer.submit("inbound_messages", self._inbound_row(span, attributes))
+                self.writer.submit_lazy(
+                    "inbound_messages", partial(self._inbound_row, span, attributes)
+                )
             elif kind == A.KIND_AI_RUN:
-                self.writer.submit("ai_runs", self._run_row(span, attributes))
+                self.writer.submit_lazy("ai_runs", partial(self._run_row, span, attributes))
             elif kind == A.KIND_ENQUEUE:
-                self.writer.submit("enqueues", self._enqueue_row(span, attributes))
+                self.writer.submit_lazy("enqueues", partial(self._enqueue_row, span, attributes))
         except Exception as exc:
             self.counters.add("processor_error", 1, repr(exc)[:200])
 
