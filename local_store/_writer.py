@@ -590,7 +590,8 @@ class StoreWriter:
         for kind, row in taken:
             if callable(row):
                 try:
-                    built = dict(row())
+                    made = row()
+                    built = made if type(made) is dict else dict(made)
                 except Exception as exc:
                     with self._cond:
                         self._count_locked("unbuildable_row", 1, f"{kind}: {exc!r}"[:300])
@@ -670,9 +671,7 @@ class StoreWriter:
                     conn.executemany(_END_SQL, [_attempt_params(r) for r in rows])
                 else:
                     cols = TABLE_COLUMNS[kind]
-                    conn.executemany(
-                        _INSERT_SQL[kind], [tuple(r.get(c) for c in cols) for r in rows]
-                    )
+                    conn.executemany(_INSERT_SQL[kind], [[r.get(c) for c in cols] for r in rows])
             if drops:
                 conn.executemany(
                     _DROP_SQL,

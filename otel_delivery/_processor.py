@@ -15,7 +15,7 @@ from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.trace import StatusCode, format_span_id, format_trace_id
+from opentelemetry.trace import StatusCode
 
 from local_store import StoreWriter
 
@@ -108,21 +108,22 @@ class StoreSpanProcessor(SpanProcessor):
     def _common(span: ReadableSpan | Span, attributes: Mapping[str, Any]) -> dict[str, Any]:
         ctx = span.get_span_context()
         parent = span.parent
-        status = span.status.status_code if span.status is not None else StatusCode.UNSET
-        failed = status is StatusCode.ERROR
-        service = span.resource.attributes.get("service.name") if span.resource else None
+        status = span.status
+        failed = status is not None and status.status_code is StatusCode.ERROR
+        resource = span.resource
+        get = attributes.get
         return {
-            "trace_id": format_trace_id(ctx.trace_id) if ctx else None,
-            "span_id": format_span_id(ctx.span_id) if ctx else None,
-            "parent_span_id": format_span_id(parent.span_id) if parent else None,
-            "inbound_id": attributes.get(A.INBOUND_ID),
-            "channel": attributes.get(A.CHANNEL),
+            "trace_id": f"{ctx.trace_id:032x}" if ctx else None,
+            "span_id": f"{ctx.span_id:016x}" if ctx else None,
+            "parent_span_id": f"{parent.span_id:016x}" if parent else None,
+            "inbound_id": get(A.INBOUND_ID),
+            "channel": get(A.CHANNEL),
             "status": "failed" if failed else "ok",
-            "error_type": attributes.get(A.ERROR_TYPE) if failed else None,
-            "error_text": attributes.get(A.ERROR_MESSAGE) if failed else None,
+            "error_type": get(A.ERROR_TYPE) if failed else None,
+            "error_text": get(A.ERROR_MESSAGE) if failed else None,
             "started_at_ms": _ms(span.start_time),
             "ended_at_ms": _ms(span.end_time),
-            "service": service,
+            "service": resource.attributes.get("service.name") if resource else None,
         }
 
     def _attempt_row(
