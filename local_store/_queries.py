@@ -21,11 +21,13 @@ from ._reading import (
     DeliveryOutcome,
     delivery_outcomes,
     effective_status,
+    has_rollups,
     liveness_params,
     lost_enqueues,
     outcome_of,
     rows,
 )
+from ._rollups import HOUR_MS, MINUTE_MS, contributions, decode
 from .exceptions import InvalidArgumentError
 
 __all__ = [
@@ -97,6 +99,14 @@ def summary(
     """Attempts and deliveries in the window, grouped by channel, error or status.
 
     ``by="error"`` counts failed attempts only, grouped by error type and failure class.
+    A delivery counts once in each group it has an attempt in the window, with its
+    final outcome judged on all of its attempts.
+
+    On a current store this reads the hourly and per-minute rollups that triggers keep
+    (see ``_rollups.py``), the first partial minute of the window from the rows, and
+    only the deliveries with an attempt still ``started`` from the rows, since whether
+    those are interrupted depends on their writer being alive now. An older store
+    opened read-only is answered by scanning the window.
 
     >>> s = summary(open_store("deliveries.db"), since_seconds=7 * 86400)  # doctest: +SKIP
     >>> [(g.key["channel"], g.statuses["failed"]) for g in s.groups]  # doctest: +SKIP
@@ -110,66 +120,210 @@ def summary(
     start = window_start(now, since_seconds)
     params = {"since": start, **liveness_params(db, now)}
     keys = _GROUP_COLUMNS[by]
+    if has_rollups(db):
+        statuses_by_key, deliveries_by_key, total_deliveries = _summary_counts(
+            db, by, params
+        )
+    else:
+        statuses_by_key, deliveries_by_key, total_deliveries = _summary_scan(db, by, params)
+
+    groups = []
+    for key in {**statuses_by_key, **deliveries_by_key}:
+        statuses = _counts(ATTEMPT_STATUSES)
+        for status, n in statuses_by_key.get(key, {}).items():
+            statuses[status] = statuses.get(status, 0) + n
+        deliveries = _counts(DELIVERY_OUTCOMES)
+        for outcome, n in deliveries_by_key.get(key, {}).items():
+            deliveries[outcome] = deliveries.get(outcome, 0) + n
+        groups.append(SummaryGroup(
+            key=dict(zip(keys, key, strict=True)),
+            attempts=sum(statuses.values()),
+            statuses=statuses,
+            deliveries=deliveries,
+        ))
+    groups.sort(key=lambda g: (-g.attempts, [str(v) for v in g.key.values()]))
+    total_statuses = _counts(ATTEMPT_STATUSES)
+    for g in groups:
+        for status, n in g.statuses.items():
+            total_statuses[status] = total_statuses.get(status, 0) + n
+    totals = _counts(DELIVERY_OUTCOMES)
+    for outcome, n in total_deliveries.items():
+        totals[outcome] = totals.get(outcome, 0) + n
+    total = SummaryGroup(
+        key=dict.fromkeys(keys, None),
+        attempts=sum(total_statuses.values()),
+        statuses=total_statuses,
+        deliveries=totals,
+    )
+    return Summary(
+        by=by, since_seconds=float(since_seconds), window_start_ms=start, now_ms=now,
+        groups=groups, total=total,
+    )
+
+
+_Key = tuple[Any, ...]
+_Tally = dict[_Key, dict[str, int]]
+
+
+def _add(tally: _Tally, key: _Key, name: str, n: int) -> None:
+    counts = tally.setdefault(key, {})
+    counts[name] = counts.get(name, 0) + n
+
+
+def _summary_scan(
+    db: sqlite_utils.Database,
+    by: str,
+    params: dict[str, Any],
+    *,
+    source: str = "attempts a",
+    only: str = "",
+    statuses_only: bool = False,
+) -> tuple[_Tally, _Tally, dict[str, int]]:
+    """Attempts by status and deliveries by outcome per group, from the rows of the
+    window (``source`` names the attempts as ``a``; ``only`` restricts them further)."""
+    keys = _GROUP_COLUMNS[by]
     only_failed = "AND a.status = 'failed'" if by == "error" else ""
     window = f"""{DEAD_CTE},
         win AS (
             SELECT a.delivery_id, a.channel, a.error_type, a.failure_class,
                    {effective_status("a")} AS status
-            FROM attempts a WHERE a.started_at_ms >= :since {only_failed}
+            FROM {source} WHERE a.started_at_ms >= :since {only_failed} {only}
         )"""
     key_list = ", ".join(f"w.{k}" for k in keys)
-
-    by_key: dict[tuple[str | None, ...], tuple[dict[str, int], dict[str, int]]] = {}
-
-    def group(key: tuple[str | None, ...]) -> tuple[dict[str, int], dict[str, int]]:
-        return by_key.setdefault(key, (_counts(ATTEMPT_STATUSES), _counts(DELIVERY_OUTCOMES)))
-
+    statuses: _Tally = {}
     for *key, status, n in db.execute(
         f"WITH {window} SELECT {key_list}, w.status, COUNT(*) FROM win w "
         f"GROUP BY {key_list}, w.status",
         params,
     ).fetchall():
-        statuses = group(tuple(key))[0]
-        statuses[status] = statuses.get(status, 0) + n
+        _add(statuses, tuple(key), status, n)
+    if statuses_only:
+        return statuses, {}, {}
     # One row per (group, delivery): a delivery counts once in each group it has an
     # attempt in, and once in the total.
+    deliveries: _Tally = {}
     outcome_by_delivery: dict[str, str] = {}
     for *key, delivery_id, outcome in db.execute(
         f"WITH {window}, pairs AS (SELECT DISTINCT {key_list}, w.delivery_id FROM win w) "
         f"SELECT *, {outcome_of('pairs.delivery_id')} FROM pairs",
         params,
     ).fetchall():
-        deliveries = group(tuple(key))[1]
-        deliveries[outcome] = deliveries.get(outcome, 0) + 1
+        _add(deliveries, tuple(key), outcome, 1)
         outcome_by_delivery[delivery_id] = outcome
-    total_deliveries = _counts(DELIVERY_OUTCOMES)
+    total: dict[str, int] = {}
     for outcome in outcome_by_delivery.values():
-        total_deliveries[outcome] = total_deliveries.get(outcome, 0) + 1
+        total[outcome] = total.get(outcome, 0) + 1
+    return statuses, deliveries, total
 
-    groups = [
-        SummaryGroup(
-            key=dict(zip(keys, key, strict=True)),
-            attempts=sum(statuses.values()),
-            statuses=statuses,
-            deliveries=deliveries,
+
+def _summary_counts(
+    db: sqlite_utils.Database, by: str, params: dict[str, Any]
+) -> tuple[_Tally, _Tally, dict[str, int]]:
+    """What :func:`_summary_scan` counts, from the rollups.
+
+    The window [since, now...) splits into whole hours (hourly buckets), the whole
+    minutes before the first of those (minute buckets) and the partial first minute
+    (rows). A pair (group, delivery) is in the window when its latest attempt is, and
+    the rollups file it under that attempt's bucket, so each pair is counted in exactly
+    one part. Deliveries with a ``started`` attempt are not in the rollups: they are
+    counted from their rows, as the scan does.
+    """
+    since = params["since"]
+    first_hour = -(-since // HOUR_MS)
+    first_minute = -(-since // MINUTE_MS)
+    q = {
+        **params, "h": HOUR_MS, "m": MINUTE_MS, "h0": first_hour, "m0": first_minute,
+        "m1": max(first_minute, first_hour * (HOUR_MS // MINUTE_MS)),
+        "edge": first_minute * MINUTE_MS,
+    }
+    statuses: _Tally = {}
+    deliveries: _Tally = {}
+    total: dict[str, int] = {}
+    failed_only = "AND status = 'failed'" if by == "error" else ""
+    key_cols = {
+        "channel": decode("channel"),
+        "error": f"{decode('error_type')}, {decode('failure_class')}",
+        "status": "status",
+    }[by]
+    for *key, status, n in db.execute(
+        f"""SELECT {key_cols}, status, SUM(n) FROM (
+            SELECT * FROM attempt_rollup WHERE res = :h AND bucket >= :h0 {failed_only}
+            UNION ALL
+            SELECT * FROM attempt_rollup WHERE res = :m AND bucket >= :m0 AND bucket < :m1
+                {failed_only}
+        ) GROUP BY {key_cols}, status HAVING SUM(n) != 0""",
+        q,
+    ).fetchall():
+        _add(statuses, tuple(key), status, n)
+    raw_keys = {
+        "channel": "a.channel", "error": "a.error_type, a.failure_class", "status": "a.status",
+    }[by]
+    for *key, status, n in db.execute(
+        f"""SELECT {raw_keys}, a.status, COUNT(*) FROM attempts a
+        WHERE a.started_at_ms >= :since AND a.started_at_ms < :edge
+          AND a.status != 'started' {failed_only.replace('status', 'a.status')}
+        GROUP BY {raw_keys}, a.status""",
+        q,
+    ).fetchall():
+        _add(statuses, tuple(key), status, n)
+
+    grouping = by
+    totals = "failed" if by == "error" else "all"
+    for part, n_key in ((grouping, len(_GROUP_COLUMNS[by])), (totals, 0)):
+        key_sql = ", ".join([decode("k1"), decode("k2")][:n_key]) or "NULL"
+        rows_ = db.execute(
+            f"""SELECT {key_sql}, outcome, SUM(n) FROM (
+                SELECT * FROM delivery_rollup
+                WHERE res = :h AND grouping = :g AND bucket >= :h0
+                UNION ALL
+                SELECT * FROM delivery_rollup
+                WHERE res = :m AND grouping = :g AND bucket >= :m0 AND bucket < :m1
+            ) GROUP BY k1, k2, outcome HAVING SUM(n) != 0""",
+            {**q, "g": part},
+        ).fetchall()
+        for row in rows_:
+            *key, outcome, n = row
+            if part == totals:
+                total[outcome] = total.get(outcome, 0) + n
+            else:
+                _add(deliveries, tuple(key[:n_key]), outcome, n)
+    # Pairs whose latest attempt is in the first, partial minute.
+    edge_xs = (
+        "(SELECT a.* FROM attempts a WHERE a.delivery_id IN (SELECT e.delivery_id FROM "
+        "attempts e WHERE e.started_at_ms >= :since AND e.started_at_ms < :edge))"
+    )
+    for part, key1, key2, outcome in db.execute(
+        f"""SELECT c.grouping, {decode('c.k1')}, {decode('c.k2')}, c.outcome
+        FROM ({contributions(edge_xs)}) c
+        WHERE c.grouping IN (:g, :t) AND c.at >= :since AND c.at < :edge""",
+        {**q, "g": grouping, "t": totals},
+    ).fetchall():
+        if part == totals:
+            total[outcome] = total.get(outcome, 0) + 1
+        else:
+            _add(deliveries, (key1, key2)[: len(_GROUP_COLUMNS[by])], outcome, 1)
+
+    # Deliveries with an attempt still 'started': from the rows, as the scan does
+    # (found through the status index, then their attempts through the delivery index).
+    _, more_deliveries, more_total = _summary_scan(
+        db, by, params,
+        source="(SELECT DISTINCT s.delivery_id FROM attempts s WHERE s.status = 'started') sd "
+        "CROSS JOIN attempts a ON a.delivery_id = sd.delivery_id",
+    )
+    for key, counts in more_deliveries.items():
+        for outcome, n in counts.items():
+            _add(deliveries, key, outcome, n)
+    for outcome, n in more_total.items():
+        total[outcome] = total.get(outcome, 0) + n
+    # Their other attempts are in attempt_rollup already; the 'started' ones are not.
+    if by != "error":
+        started, _, _ = _summary_scan(
+            db, by, params, only="AND a.status = 'started'", statuses_only=True
         )
-        for key, (statuses, deliveries) in by_key.items()
-    ]
-    groups.sort(key=lambda g: (-g.attempts, [str(v) for v in g.key.values()]))
-    total_statuses = _counts(ATTEMPT_STATUSES)
-    for g in groups:
-        for status, n in g.statuses.items():
-            total_statuses[status] = total_statuses.get(status, 0) + n
-    total = SummaryGroup(
-        key=dict.fromkeys(keys, None),
-        attempts=sum(total_statuses.values()),
-        statuses=total_statuses,
-        deliveries=total_deliveries,
-    )
-    return Summary(
-        by=by, since_seconds=float(since_seconds), window_start_ms=start, now_ms=now,
-        groups=groups, total=total,
-    )
+        for key, counts in started.items():
+            for status, n in counts.items():
+                _add(statuses, key, status, n)
+    return statuses, deliveries, total
 
 
 # -- failures and interrupted attempts ----------------------------------------------
@@ -329,18 +483,22 @@ def undelivered(
     now = resolve_now(now_ms)
     start = window_start(now, since_seconds)
     params: dict[str, Any] = {"since": start, "settled": now - int(grace_seconds * 1000)}
+    if has_rollups(db):
+        # reply_pending is kept by triggers: exactly "reply_produced = 1 and no attempt
+        # of the trace delivered"; the partial index holds only those runs.
+        not_delivered = "r.reply_pending = 1"
+    else:
+        # the unary + keeps SQLite on the trace index; without statistics it would pick
+        # the status index and read every delivered row per run
+        not_delivered = """r.reply_produced = 1 AND NOT EXISTS (
+            SELECT 1 FROM attempts a WHERE a.trace_id = r.trace_id AND +a.status = 'delivered')"""
     runs = rows(
         db,
-        """SELECT r.trace_id, r.inbound_id, r.channel,
+        f"""SELECT r.trace_id, r.inbound_id, r.channel,
                   COALESCE(r.ended_at_ms, r.started_at_ms) AS at_ms
         FROM ai_runs r
-        WHERE r.started_at_ms >= :since AND r.reply_produced = 1
+        WHERE r.started_at_ms >= :since AND {not_delivered}
           AND COALESCE(r.ended_at_ms, r.started_at_ms) <= :settled
-          AND NOT EXISTS (
-              -- the unary + keeps SQLite on the trace index; without statistics it
-              -- would pick the status index and read every delivered row per run
-              SELECT 1 FROM attempts a WHERE a.trace_id = r.trace_id AND +a.status = 'delivered'
-          )
         ORDER BY r.started_at_ms, r.id""",
         params,
     )
@@ -450,6 +608,49 @@ def _plural(n: int, word: str, plural: str | None = None) -> str:
     return f"{n} {word if n == 1 else plural or word + 's'}"
 
 
+def _attempts_by_channel(
+    db: sqlite_utils.Database, params: dict[str, Any]
+) -> list[tuple[str | None, int, int]]:
+    """(channel, attempts, failed) for attempts started since :since, by channel.
+
+    From ``attempt_rollup`` (whole hours, then whole minutes) plus the rows of the
+    first partial minute and the rows still ``started``, which the rollup leaves out.
+    """
+    if not has_rollups(db):
+        return [
+            (ch, n, int(failed)) for ch, n, failed in db.execute(
+                "SELECT channel, COUNT(*), TOTAL(status = 'failed') FROM attempts "
+                "WHERE started_at_ms >= :since GROUP BY channel ORDER BY channel",
+                params,
+            ).fetchall()
+        ]
+    since = params["since"]
+    first_hour = -(-since // HOUR_MS)
+    first_minute = -(-since // MINUTE_MS)
+    q = {
+        "since": since, "h": HOUR_MS, "m": MINUTE_MS, "h0": first_hour, "m0": first_minute,
+        "m1": max(first_minute, first_hour * (HOUR_MS // MINUTE_MS)),
+        "edge": first_minute * MINUTE_MS,
+    }
+    found = db.execute(
+        f"""SELECT channel, SUM(n), SUM(n * failed) FROM (
+            SELECT {decode("channel")} AS channel, n, status = 'failed' AS failed
+            FROM attempt_rollup WHERE res = :h AND bucket >= :h0
+            UNION ALL
+            SELECT {decode("channel")}, n, status = 'failed'
+            FROM attempt_rollup WHERE res = :m AND bucket >= :m0 AND bucket < :m1
+            UNION ALL
+            SELECT channel, 1, status = 'failed' FROM attempts
+            WHERE started_at_ms >= :since AND started_at_ms < :edge AND status != 'started'
+            UNION ALL
+            SELECT channel, 1, 0 FROM attempts
+            WHERE status = 'started' AND started_at_ms >= :since
+        ) GROUP BY channel HAVING SUM(n) != 0 ORDER BY channel""",
+        q,
+    ).fetchall()
+    return [(ch, int(n), int(failed)) for ch, n, failed in found]
+
+
 def health(
     db: sqlite_utils.Database,
     *,
@@ -490,13 +691,9 @@ def health(
     params: dict[str, Any] = {"since": start, **liveness_params(db, now)}
     reasons: list[str] = []
 
-    channels = [
+    channels: list[dict[str, Any]] = [
         {"channel": ch, "attempts": n, "failed": int(failed), "failure_rate": failed / n}
-        for ch, n, failed in db.execute(
-            "SELECT channel, COUNT(*), TOTAL(status = 'failed') FROM attempts "
-            "WHERE started_at_ms >= :since GROUP BY channel ORDER BY channel",
-            params,
-        ).fetchall()
+        for ch, n, failed in _attempts_by_channel(db, params)
     ]
     for ch in channels:
         if ch["attempts"] >= min_attempts_for_rate and ch["failure_rate"] > max_failure_rate:

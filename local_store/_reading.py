@@ -20,6 +20,7 @@ __all__ = [
     "DeliveryOutcome",
     "delivery_outcomes",
     "effective_status",
+    "has_rollups",
     "liveness_params",
     "lost_enqueues",
     "outcome_of",
@@ -75,6 +76,21 @@ def outcome_of(d: str) -> str:
             ELSE 'other'
         END
     END""")
+
+
+def has_rollups(db: sqlite_utils.Database) -> bool:
+    """Whether the store has the rollups and ``reply_pending`` (schema m005, m006).
+
+    A store opened read-only is not upgraded; its queries scan instead.
+    """
+    try:
+        (n,) = db.execute(
+            "SELECT COUNT(*) FROM _sqlite_migrations WHERE migration_set = 'otel_delivery' "
+            "AND name IN ('m005_summary_rollups', 'm006_reply_pending')"
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return False
+    return bool(n == 2)
 
 
 def liveness_params(db: sqlite_utils.Database, now_ms: int) -> dict[str, Any]:

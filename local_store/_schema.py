@@ -18,6 +18,7 @@ from pathlib import Path
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
+from . import _rollups
 from .exceptions import StoreCorruptError, StoreNotFoundError, StoreVersionError
 
 __all__ = ["SCHEMA_VERSION", "connect", "is_damage", "open_store", "schema_version"]
@@ -52,8 +53,44 @@ def m004_retry_after(db: sqlite_utils.Database) -> None:
         db.execute("ALTER TABLE attempts ADD COLUMN retry_after_seconds REAL")
 
 
+@migrations()
+def m005_summary_rollups(db: sqlite_utils.Database) -> None:
+    # summary and health read hourly and per-minute counts kept by triggers on
+    # attempts (see _rollups.py) instead of scanning the window; backfilled here.
+    script = [_rollups.ROLLUP_TABLES_SQL]
+    script += [f"DROP TRIGGER IF EXISTS {name};" for name in _rollups.ROLLUP_TRIGGERS]
+    script += [_rollups.ROLLUP_TRIGGERS_SQL, _rollups.ROLLUP_BACKFILL_SQL]
+    _run_script(db, "\n".join(script))
+
+
+@migrations()
+def m006_reply_pending(db: sqlite_utils.Database) -> None:
+    # undelivered reads only the runs whose reply no attempt has delivered yet.
+    if "reply_pending" not in db["ai_runs"].columns_dict:
+        db.execute("ALTER TABLE ai_runs ADD COLUMN reply_pending INTEGER NOT NULL DEFAULT 0")
+    script = [f"DROP TRIGGER IF EXISTS {name};" for name in _rollups.REPLY_PENDING_TRIGGERS]
+    script += [_rollups.REPLY_PENDING_SQL, _rollups.REPLY_PENDING_BACKFILL_SQL]
+    _run_script(db, "\n".join(script))
+
+
+def _run_script(db: sqlite_utils.Database, script: str) -> None:
+    """Run ``script`` statement by statement inside the migration's transaction
+    (``executescript`` would commit first, so a stopped backfill would leave half a
+    rollup behind)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            if statement.strip():
+                db.execute(statement)
+            statement = ""
+    if statement.strip():
+        db.execute(statement)
+
+
 KNOWN_MIGRATIONS = (
     "m001_initial", "m002_views", "m003_undelivered_by_trace", "m004_retry_after",
+    "m005_summary_rollups", "m006_reply_pending",
 )
 SCHEMA_VERSION = len(KNOWN_MIGRATIONS)
 

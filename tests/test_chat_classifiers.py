@@ -227,7 +227,7 @@ def test_a_store_from_before_the_column_is_upgraded_and_keeps_its_rows(tmp_path:
     )
     # Make it the store an otel-delivery without m004 wrote.
     db.execute("ALTER TABLE attempts DROP COLUMN retry_after_seconds")
-    db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm004_retry_after'")
+    db.execute("DELETE FROM _sqlite_migrations WHERE name >= 'm004_retry_after'")
     db.conn.commit()
     db.close()
 

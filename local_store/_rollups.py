@@ -1,0 +1,303 @@
+"""Derived data kept by triggers, so the operator's questions do not scan the store.
+
+Two rollups answer ``summary`` and ``health`` (schema m005):
+
+``attempt_rollup``
+    Attempts counted by time bucket, channel, status and (for failed attempts) error
+    type and failure class. Every attempt counts in the bucket of its ``started_at_ms``,
+    except attempts still ``started``: what those mean depends on whether their writer
+    is alive when the question is asked, so readers count them from the rows.
+
+``delivery_rollup``
+    Deliveries counted by bucket, grouping (``channel``, ``status``, ``error``, and the
+    totals ``all`` and ``failed``), group key and final outcome. A delivery counts once
+    per group key it has an attempt with, in the bucket of its latest attempt with that
+    key: a window that reaches to the present holds that attempt exactly when it holds
+    any attempt of the pair. Deliveries with any attempt still ``started`` are left
+    out (their outcome depends on liveness too) and are read from the rows.
+
+Each rollup is kept at two resolutions (``res`` is the bucket width in ms): hours for
+the bulk of a window and minutes for its first, partial hour; the partial first minute
+is read from the rows. Key columns hold ``x''`` (an empty blob, which no text equals)
+for NULL so the primary key can do the counting.
+
+The triggers recompute a delivery's contribution from its attempts (found through
+``idx_attempts_delivery``): subtract what it contributed before a change, add what it
+contributes after. That makes any change exact, including prune's deletes and a
+rescue's ``started`` -> ``interrupted``, at the cost of a few small upserts per attempt
+row written.
+
+``ai_runs.reply_pending`` (schema m006) is 1 when a run produced a reply and no
+attempt of its trace has delivered; triggers on both tables keep it, whichever row is
+written first, and a partial index holds only the pending runs.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BUCKETS",
+    "HOUR_MS",
+    "MINUTE_MS",
+    "REPLY_PENDING_BACKFILL_SQL",
+    "REPLY_PENDING_SQL",
+    "REPLY_PENDING_TRIGGERS",
+    "ROLLUP_BACKFILL_SQL",
+    "ROLLUP_TABLES_SQL",
+    "ROLLUP_TRIGGERS",
+    "ROLLUP_TRIGGERS_SQL",
+    "contributions",
+    "decode",
+    "encode",
+]
+
+HOUR_MS = 3_600_000
+MINUTE_MS = 60_000
+BUCKETS = (HOUR_MS, MINUTE_MS)
+_RESOLUTIONS = f"(SELECT {HOUR_MS} AS res UNION ALL SELECT {MINUTE_MS})"
+NULL_KEY = "x''"
+
+
+def encode(expr: str) -> str:
+    return f"COALESCE({expr}, {NULL_KEY})"
+
+
+def decode(expr: str) -> str:
+    return f"NULLIF({expr}, {NULL_KEY})"
+
+
+def contributions(xs: str, latest_filter: str = "1") -> str:
+    """Rows (delivery_id, grouping, k1, k2, at, outcome): what each delivery in the
+    attempt set ``xs`` (a FROM-clause table expression with the attempts' columns)
+    contributes to ``delivery_rollup``, ``at`` being the latest start of the pair.
+
+    ``latest_filter`` restricts the attempts the latest-attempt lookup sees (alias
+    ``l``) the way ``xs`` is restricted. The outcome is :func:`outcome_of`'s, for a
+    delivery with no ``started`` attempt; deliveries with one contribute nothing.
+    """
+    outcome = f"""CASE
+        WHEN MAX(x.status = 'started') THEN NULL
+        WHEN MAX(x.status = 'delivered') THEN 'delivered'
+        WHEN MAX(x.status = 'failed' AND (x.final = 1 OR x.attempt >= x.max_attempts))
+            THEN 'failed'
+        ELSE (SELECT CASE l.status WHEN 'failed' THEN 'pending_retry'
+                                   WHEN 'interrupted' THEN 'interrupted' ELSE 'other' END
+              FROM attempts l WHERE l.delivery_id = x.delivery_id AND {latest_filter}
+              ORDER BY l.attempt DESC, l.started_at_ms DESC, l.id DESC LIMIT 1)
+    END"""
+    none = NULL_KEY
+    return f"""SELECT p.delivery_id, p.grouping, p.k1, p.k2, p.at, o.outcome
+    FROM (SELECT x.delivery_id, {outcome} AS outcome FROM {xs} x GROUP BY x.delivery_id) o
+    JOIN (
+        SELECT x.delivery_id, 'all' AS grouping, {none} AS k1, {none} AS k2,
+               MAX(x.started_at_ms) AS at
+        FROM {xs} x GROUP BY x.delivery_id
+        UNION ALL
+        SELECT x.delivery_id, 'channel', {encode('x.channel')}, {none}, MAX(x.started_at_ms)
+        FROM {xs} x GROUP BY x.delivery_id, x.channel
+        UNION ALL
+        SELECT x.delivery_id, 'status', x.status, {none}, MAX(x.started_at_ms)
+        FROM {xs} x GROUP BY x.delivery_id, x.status
+        UNION ALL
+        SELECT x.delivery_id, 'failed', {none}, {none}, MAX(x.started_at_ms)
+        FROM {xs} x WHERE +x.status = 'failed' GROUP BY x.delivery_id
+        UNION ALL
+        SELECT x.delivery_id, 'error', {encode('x.error_type')}, {encode('x.failure_class')},
+               MAX(x.started_at_ms)
+        FROM {xs} x WHERE +x.status = 'failed'
+        GROUP BY x.delivery_id, x.error_type, x.failure_class
+    ) p ON p.delivery_id = o.delivery_id
+    WHERE o.outcome IS NOT NULL"""
+
+
+def _attempts_of(d: str, excluded: str | None = None) -> tuple[str, str]:
+    """(xs, latest_filter) for the attempts of delivery ``d``, less row ``excluded``."""
+    skip = f" AND a.id != {excluded}" if excluded else ""
+    xs = f"(SELECT * FROM attempts a WHERE a.delivery_id = {d}{skip})"
+    return xs, (f"l.id != {excluded}" if excluded else "1")
+
+
+def _add_delivery(d: str, sign: int, excluded: str | None = None) -> str:
+    xs, latest = _attempts_of(d, excluded)
+    return f"""INSERT INTO delivery_rollup (res, grouping, bucket, k1, k2, outcome, n)
+    SELECT r.res, c.grouping, c.at / r.res, c.k1, c.k2, c.outcome, {sign}
+    FROM ({contributions(xs, latest)}) c, {_RESOLUTIONS} r WHERE 1
+    ON CONFLICT (res, grouping, bucket, k1, k2, outcome) DO UPDATE SET n = n + excluded.n;"""
+
+
+def _add_attempt(row: str, sign: int) -> str:
+    failed = f"{row}.status = 'failed'"
+    return f"""INSERT INTO attempt_rollup
+        (res, bucket, channel, status, error_type, failure_class, n)
+    SELECT r.res, {row}.started_at_ms / r.res, {encode(f'{row}.channel')}, {row}.status,
+           CASE WHEN {failed} THEN {encode(f'{row}.error_type')} ELSE {NULL_KEY} END,
+           CASE WHEN {failed} THEN {encode(f'{row}.failure_class')} ELSE {NULL_KEY} END,
+           {sign}
+    FROM {_RESOLUTIONS} r WHERE {row}.status != 'started'
+    ON CONFLICT (res, bucket, channel, status, error_type, failure_class)
+    DO UPDATE SET n = n + excluded.n;"""
+
+
+# The columns a delivery's contribution depends on.
+_WATCHED = (
+    "delivery_id, attempt, max_attempts, channel, status, error_type, failure_class, "
+    "final, started_at_ms"
+)
+
+# Key columns have no declared type (no affinity): values are kept exactly as written.
+ROLLUP_TABLES_SQL = """
+CREATE TABLE IF NOT EXISTS attempt_rollup (
+    res INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    channel NOT NULL,
+    status TEXT NOT NULL,
+    error_type NOT NULL,
+    failure_class NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (res, bucket, channel, status, error_type, failure_class)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS delivery_rollup (
+    res INTEGER NOT NULL,
+    grouping TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    k1 NOT NULL,
+    k2 NOT NULL,
+    outcome TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (res, grouping, bucket, k1, k2, outcome)
+) WITHOUT ROWID;
+"""
+
+ROLLUP_TRIGGERS_SQL = f"""
+-- A new row: the delivery's earlier attempts stop counting as they were. A 'started'
+-- row takes the whole delivery out (readers count it from the rows); any other adds.
+CREATE TRIGGER attempts_rollup_ai AFTER INSERT ON attempts BEGIN
+    {_add_delivery("NEW.delivery_id", -1, excluded="NEW.id")}
+    {_add_attempt("NEW", 1)}
+END;
+CREATE TRIGGER attempts_rollup_ai_add AFTER INSERT ON attempts
+WHEN NEW.status != 'started' BEGIN
+    {_add_delivery("NEW.delivery_id", 1)}
+END;
+-- An update (an outcome written over its start row, a rescue): out before, in after.
+-- A delivery with a 'started' row contributes nothing, so that side can be skipped.
+CREATE TRIGGER attempts_rollup_bu BEFORE UPDATE OF {_WATCHED} ON attempts BEGIN
+    {_add_attempt("OLD", -1)}
+END;
+CREATE TRIGGER attempts_rollup_bu_delivery BEFORE UPDATE OF {_WATCHED} ON attempts
+WHEN OLD.status != 'started' BEGIN
+    {_add_delivery("OLD.delivery_id", -1)}
+END;
+CREATE TRIGGER attempts_rollup_bu_moved BEFORE UPDATE OF delivery_id ON attempts
+WHEN NEW.delivery_id IS NOT OLD.delivery_id BEGIN
+    {_add_delivery("NEW.delivery_id", -1)}
+END;
+CREATE TRIGGER attempts_rollup_au AFTER UPDATE OF {_WATCHED} ON attempts BEGIN
+    {_add_attempt("NEW", 1)}
+END;
+CREATE TRIGGER attempts_rollup_au_delivery AFTER UPDATE OF {_WATCHED} ON attempts
+WHEN NEW.status != 'started' BEGIN
+    {_add_delivery("NEW.delivery_id", 1)}
+END;
+CREATE TRIGGER attempts_rollup_au_moved AFTER UPDATE OF delivery_id ON attempts
+WHEN NEW.delivery_id IS NOT OLD.delivery_id BEGIN
+    {_add_delivery("OLD.delivery_id", 1)}
+END;
+-- A delete (prune): the delivery as it was goes out, what is left of it comes back.
+CREATE TRIGGER attempts_rollup_bd BEFORE DELETE ON attempts
+WHEN OLD.status != 'started' BEGIN
+    {_add_delivery("OLD.delivery_id", -1)}
+END;
+CREATE TRIGGER attempts_rollup_ad AFTER DELETE ON attempts BEGIN
+    {_add_delivery("OLD.delivery_id", 1)}
+    {_add_attempt("OLD", -1)}
+END;
+"""
+# Trigger names, so a re-run of the migration can replace them.
+ROLLUP_TRIGGERS = (
+    "attempts_rollup_ai", "attempts_rollup_ai_add", "attempts_rollup_bu",
+    "attempts_rollup_bu_delivery", "attempts_rollup_bu_moved", "attempts_rollup_au",
+    "attempts_rollup_au_delivery", "attempts_rollup_au_moved", "attempts_rollup_bd",
+    "attempts_rollup_ad",
+)
+
+ROLLUP_BACKFILL_SQL = f"""
+DELETE FROM attempt_rollup;
+DELETE FROM delivery_rollup;
+INSERT INTO attempt_rollup (res, bucket, channel, status, error_type, failure_class, n)
+SELECT r.res, a.started_at_ms / r.res, {encode('a.channel')}, a.status,
+       CASE WHEN a.status = 'failed' THEN {encode('a.error_type')} ELSE {NULL_KEY} END,
+       CASE WHEN a.status = 'failed' THEN {encode('a.failure_class')} ELSE {NULL_KEY} END,
+       COUNT(*)
+FROM attempts a, {_RESOLUTIONS} r WHERE a.status != 'started'
+GROUP BY 1, 2, 3, 4, 5, 6;
+INSERT INTO delivery_rollup (res, grouping, bucket, k1, k2, outcome, n)
+SELECT r.res, c.grouping, c.at / r.res, c.k1, c.k2, c.outcome, COUNT(*)
+FROM ({contributions("attempts")}) c, {_RESOLUTIONS} r
+GROUP BY 1, 2, 3, 4, 5, 6;
+"""
+
+# -- ai_runs.reply_pending ----------------------------------------------------------
+
+_DELIVERED_IN = (
+    "EXISTS (SELECT 1 FROM attempts a WHERE a.trace_id = {t} AND +a.status = 'delivered')"
+)
+
+
+def _pending(r: str) -> str:
+    return f"({r}.reply_produced IS 1 AND NOT {_DELIVERED_IN.format(t=f'{r}.trace_id')})"
+
+
+def _recheck_trace(t: str) -> str:
+    return (
+        f"UPDATE ai_runs SET reply_pending = {_pending('ai_runs')} "
+        f"WHERE trace_id = {t} AND reply_pending IS NOT {_pending('ai_runs')};"
+    )
+
+
+REPLY_PENDING_TRIGGERS = (
+    "ai_runs_pending_ai", "ai_runs_pending_au", "attempts_pending_ai",
+    "attempts_pending_au", "attempts_pending_au_delivered", "attempts_pending_au_undelivered",
+    "attempts_pending_ad",
+)
+
+# The pending runs by start (undelivered's window) and by trace (a delivered attempt
+# clears its trace's pending runs without reading the trace's other runs).
+REPLY_PENDING_SQL = f"""
+CREATE INDEX IF NOT EXISTS idx_runs_pending ON ai_runs (started_at_ms) WHERE reply_pending = 1;
+CREATE INDEX IF NOT EXISTS idx_runs_pending_trace ON ai_runs (trace_id) WHERE reply_pending = 1;
+-- A run written after its trace's delivered attempt (runs go in background batches)
+-- is judged when it arrives.
+CREATE TRIGGER ai_runs_pending_ai AFTER INSERT ON ai_runs WHEN NEW.reply_produced = 1 BEGIN
+    UPDATE ai_runs SET reply_pending = 1
+    WHERE id = NEW.id AND NOT {_DELIVERED_IN.format(t="NEW.trace_id")};
+END;
+CREATE TRIGGER ai_runs_pending_au AFTER UPDATE OF reply_produced, trace_id ON ai_runs BEGIN
+    UPDATE ai_runs SET reply_pending = {_pending('ai_runs')} WHERE id = NEW.id;
+END;
+CREATE TRIGGER attempts_pending_ai AFTER INSERT ON attempts
+WHEN NEW.status = 'delivered' BEGIN
+    UPDATE ai_runs SET reply_pending = 0 WHERE trace_id = NEW.trace_id AND reply_pending = 1;
+END;
+CREATE TRIGGER attempts_pending_au_delivered AFTER UPDATE OF status, trace_id ON attempts
+WHEN NEW.status = 'delivered' BEGIN
+    UPDATE ai_runs SET reply_pending = 0 WHERE trace_id = NEW.trace_id AND reply_pending = 1;
+END;
+-- Rare: a delivered row changed or moved to another trace.
+CREATE TRIGGER attempts_pending_au_undelivered AFTER UPDATE OF status, trace_id ON attempts
+WHEN OLD.status = 'delivered'
+     AND (NEW.status IS NOT 'delivered' OR NEW.trace_id IS NOT OLD.trace_id) BEGIN
+    {_recheck_trace("OLD.trace_id")}
+END;
+-- Prune deleting a delivered attempt: its trace's runs may be pending again.
+CREATE TRIGGER attempts_pending_ad AFTER DELETE ON attempts
+WHEN OLD.status = 'delivered' BEGIN
+    {_recheck_trace("OLD.trace_id")}
+END;
+"""
+
+REPLY_PENDING_BACKFILL_SQL = f"""
+UPDATE ai_runs SET reply_pending = 0 WHERE reply_pending != 0;
+UPDATE ai_runs SET reply_pending = 1
+WHERE id IN (SELECT r.id FROM ai_runs r WHERE {_pending('r')});
+"""

@@ -1,0 +1,302 @@
+"""The trigger-kept rollups and ``reply_pending`` against straightforward references.
+
+Randomised stores (retries, channels that change between attempts, NULL keys,
+dead writers' ``started`` rows, rescues, outcomes written without a start row, AI
+runs written before, between and after their trace's attempts, deletes and prunes)
+are checked three ways after every step: ``summary`` against a computation in plain
+Python from the rows; ``summary``, ``undelivered`` and ``health`` against the same
+functions answering by scanning the rows (as for a store opened read-only before
+m005); and the rollup tables against a rebuild from scratch.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import sqlite3
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlite_utils
+
+import local_store._queries as queries
+from local_store import health, open_store, prune, summary, undelivered
+from local_store._reading import has_rollups, liveness_params
+from local_store._rescue import DEFAULT_STALE_AFTER_MS, rescue_interrupted
+from local_store._rollups import ROLLUP_BACKFILL_SQL
+
+MIN = 60_000
+HOUR = 60 * MIN
+DAY = 24 * HOUR
+NOW = 1_800_000_000_000 + 37 * MIN + 12_345  # not on an hour or minute boundary
+WINDOWS = [7 * DAY, DAY, 3 * HOUR, HOUR, 90 * MIN + 7_001, 59_999, 30 * DAY]
+
+_COLS = (
+    "delivery_id, attempt, max_attempts, trace_id, span_id, channel, status, error_type, "
+    "failure_class, final, started_at_ms, writer_id"
+)
+_START = (
+    f"INSERT INTO attempts ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, 'started', NULL, NULL, NULL, "
+    "?, ?) ON CONFLICT(span_id) DO NOTHING"
+)
+# As the writer's end row: an upsert over the start row, or a new row if there was none.
+_END = (
+    f"INSERT INTO attempts ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(span_id) DO UPDATE SET status = excluded.status, "
+    "error_type = excluded.error_type, failure_class = excluded.failure_class, "
+    "final = excluded.final"
+)
+_RUN = (
+    "INSERT INTO ai_runs (trace_id, span_id, channel, status, reply_produced, "
+    "started_at_ms, ended_at_ms) VALUES (?, ?, ?, 'ok', ?, ?, ?)"
+)
+CHANNELS = ["telegram", "slack", None, "", "42"]
+ERRORS = [("TimedOut", "transient"), ("Forbidden", "permanent"), (None, None),
+          ("TimedOut", None)]
+
+
+def _writers(conn: sqlite3.Connection) -> list[int]:
+    """A live writer (this process), a closed one, and one whose pid is gone."""
+    host = socket.gethostname()
+    ids = []
+    for pid, ended in ((os.getpid(), None), (os.getpid(), NOW - DAY), (2**22 + 12345, None)):
+        cur = conn.execute(
+            "INSERT INTO writers (pid, host, started_at_ms, ended_at_ms) VALUES (?, ?, ?, ?)",
+            (pid, host, NOW - 40 * DAY, ended),
+        )
+        ids.append(int(cur.lastrowid or 0))
+    return ids
+
+
+def _populate(db: sqlite_utils.Database, rng: random.Random, deliveries: int) -> None:
+    conn = db.conn
+    writers = _writers(conn)
+    ops: list[tuple[float, str, tuple[Any, ...]]] = []
+    span = 0
+    for d in range(deliveries):
+        trace = f"t{d // 2 if rng.random() < 0.3 else d + 10_000}"
+        channel = rng.choice(CHANNELS)
+        if rng.random() < 0.5:
+            t0 = NOW - rng.randrange(10 * DAY) + rng.randrange(2 * HOUR)  # some in the future
+        else:  # around the edges of the windows check() asks about
+            t0 = NOW - rng.choice(WINDOWS) + rng.randrange(-2 * HOUR, 2 * HOUR)
+        max_attempts = rng.choice([None, 2, 3])
+        at = t0
+        for n in range(1, rng.choice([1, 1, 1, 2, 3, 4]) + 1):
+            span += 1
+            if rng.random() < 0.1:
+                channel = rng.choice(CHANNELS)
+            number = n if rng.random() < 0.9 else rng.randint(1, 4)
+            status = rng.choices(
+                ["delivered", "failed", "interrupted", "started", "rejected"],
+                [5, 4, 1, 1.5, 0.3],
+            )[0]
+            error_type, failure_class = rng.choice(ERRORS) if status == "failed" else (None, None)
+            final = rng.choice([None, 0, 1]) if status == "failed" else None
+            writer = rng.choice(writers)
+            key = (f"d{d}", number, max_attempts, trace, f"s{span}", channel)
+            if rng.random() < 0.85:
+                ops.append((at, _START, (*key, at, writer)))
+            if status != "started":
+                ops.append((at + 1, _END, (*key, status, error_type, failure_class, final,
+                                           at, writer)))
+            at += rng.choice([1, 500, MIN, 7 * MIN, HOUR, 3 * HOUR])
+        # The run: before its attempts, among them, or long after (background batches).
+        when = rng.choice([t0 - 10, t0 + 2, at + HOUR])
+        ops.append((when, _RUN, (trace, f"r{d}", channel, rng.choice([1, 1, 1, 0, None]),
+                                 t0 - 5_000, t0 - 1_000)))
+    ops.sort(key=lambda op: op[0])
+    for _, sql, params in ops:
+        conn.execute(sql, params)
+    conn.commit()
+
+
+def _status(a: dict[str, Any], dead: set[int], stale: int) -> str:
+    if a["status"] != "started":
+        return str(a["status"])
+    if a["started_at_ms"] < stale or a["writer_id"] in dead:
+        return "interrupted"
+    return "in_flight"
+
+
+def _outcome(attempts: list[dict[str, Any]], dead: set[int], stale: int) -> str:
+    if any(a["status"] == "delivered" for a in attempts):
+        return "delivered"
+    if any(
+        a["status"] == "failed"
+        and (a["final"] == 1 or (a["max_attempts"] is not None
+                                 and a["attempt"] >= a["max_attempts"]))
+        for a in attempts
+    ):
+        return "failed"
+    latest = max(attempts, key=lambda a: (a["attempt"], a["started_at_ms"], a["id"]))
+    return {"failed": "pending_retry", "interrupted": "interrupted",
+            "in_flight": "in_flight"}.get(_status(latest, dead, stale), "other")
+
+
+def reference_summary(db: sqlite_utils.Database, by: str, since: int) -> dict[str, Any]:
+    """summary() computed in Python from every attempt row."""
+    live = liveness_params(db, NOW)
+    dead, stale = set(eval(live["dead"])), live["stale"]  # a JSON list of ints
+    rows = [dict(r) for r in db.query("SELECT * FROM attempts")]
+    by_delivery: dict[str, list[dict[str, Any]]] = {}
+    for a in rows:
+        by_delivery.setdefault(a["delivery_id"], []).append(a)
+    outcome = {d: _outcome(v, dead, stale) for d, v in by_delivery.items()}
+    statuses: dict[tuple[Any, ...], Counter[str]] = {}
+    pairs: set[tuple[tuple[Any, ...], str]] = set()
+    for a in rows:
+        if a["started_at_ms"] < since or (by == "error" and a["status"] != "failed"):
+            continue
+        status = _status(a, dead, stale)
+        key = {"channel": (a["channel"],), "status": (status,),
+               "error": (a["error_type"], a["failure_class"])}[by]
+        statuses.setdefault(key, Counter())[status] += 1
+        pairs.add((key, a["delivery_id"]))
+    deliveries: dict[tuple[Any, ...], Counter[str]] = {}
+    for key, d in pairs:
+        deliveries.setdefault(key, Counter())[outcome[d]] += 1
+    total = Counter(outcome[d] for d in {d for _, d in pairs})
+    return {"statuses": statuses, "deliveries": deliveries, "total": total}
+
+
+def _nonzero(counts: dict[str, int]) -> Counter[str]:
+    return Counter({k: v for k, v in counts.items() if v})
+
+
+def _as_reference(s: Any) -> dict[str, Any]:
+    return {
+        "statuses": {tuple(g.key.values()): _nonzero(g.statuses) for g in s.groups},
+        "deliveries": {tuple(g.key.values()): _nonzero(g.deliveries) for g in s.groups
+                       if any(g.deliveries.values())},
+        "total": _nonzero(s.total.deliveries),
+    }
+
+
+def _scanning(monkeypatch: pytest.MonkeyPatch) -> Any:
+    class Scan:
+        def __enter__(self) -> None:
+            monkeypatch.setattr(queries, "has_rollups", lambda db: False)
+
+        def __exit__(self, *exc: object) -> None:
+            monkeypatch.undo()
+
+    return Scan()
+
+
+def check(db: sqlite_utils.Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert has_rollups(db)
+    for since_ms in WINDOWS:
+        since_seconds = since_ms / 1000
+        for by in ("channel", "error", "status"):
+            fast = summary(db, since_seconds=since_seconds, by=by, now_ms=NOW)
+            assert _as_reference(fast) == reference_summary(db, by, fast.window_start_ms), (
+                by, since_ms)
+            with _scanning(monkeypatch):
+                scanned = summary(db, since_seconds=since_seconds, by=by, now_ms=NOW)
+            assert fast == scanned
+        fast_u = undelivered(db, since_seconds=since_seconds, now_ms=NOW)
+        fast_h = health(db, since_seconds=since_seconds, now_ms=NOW)
+        with _scanning(monkeypatch):
+            assert undelivered(db, since_seconds=since_seconds, now_ms=NOW) == fast_u
+            assert health(db, since_seconds=since_seconds, now_ms=NOW) == fast_h
+    # reply_pending is exactly its definition.
+    wrong = db.execute(
+        "SELECT COUNT(*) FROM ai_runs r WHERE r.reply_pending IS NOT (r.reply_produced IS 1 "
+        "AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.trace_id = r.trace_id "
+        "AND a.status = 'delivered'))"
+    ).fetchone()[0]
+    assert wrong == 0
+    # The rollups are what a rebuild from the rows would make.
+    kept = _rollups(db)
+    db.conn.execute("SAVEPOINT rebuild")
+    for statement in ROLLUP_BACKFILL_SQL.split(";"):
+        if statement.strip():
+            db.conn.execute(statement)
+    rebuilt = _rollups(db)
+    db.conn.execute("ROLLBACK TO rebuild")
+    db.conn.execute("RELEASE rebuild")
+    assert kept == rebuilt
+
+
+def _rollups(db: sqlite_utils.Database) -> tuple[list[Any], list[Any]]:
+    return (
+        db.execute("SELECT * FROM attempt_rollup WHERE n != 0 ORDER BY 1, 2, 3, 4, 5, 6")
+        .fetchall(),
+        db.execute("SELECT * FROM delivery_rollup WHERE n != 0 ORDER BY 1, 2, 3, 4, 5, 6")
+        .fetchall(),
+    )
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_rollups_answer_as_the_rows_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    rng = random.Random(seed)
+    db = open_store(tmp_path / "d.db", create=True)
+    _populate(db, rng, deliveries=160)
+    assert db.execute("SELECT COUNT(*) FROM attempts WHERE status = 'started'").fetchone()[0]
+    check(db, monkeypatch)
+
+    # A later writer rescues the dead writers' started rows.
+    assert rescue_interrupted(db.conn, DEFAULT_STALE_AFTER_MS) > 0
+    check(db, monkeypatch)
+
+    # Rows changed and deleted by hand (an operator with sqlite3).
+    ids = [r[0] for r in db.execute("SELECT id FROM attempts").fetchall()]
+    for i in rng.sample(ids, 15):
+        db.execute("UPDATE attempts SET status = 'delivered' WHERE id = ?", [i])
+    for i in rng.sample(ids, 5):
+        db.execute("UPDATE attempts SET delivery_id = 'd3', channel = 'moved' WHERE id = ?", [i])
+    for i in rng.sample(ids, 20):
+        db.execute("DELETE FROM attempts WHERE id = ?", [i])
+    db.conn.commit()
+    check(db, monkeypatch)
+
+    # Prune: delivered attempts go before failed ones, so outcomes change.
+    result = prune(db, older_than_seconds=4 * 86400, keep_failed_for_seconds=6 * 86400,
+                   now_ms=NOW, batch_size=7)
+    assert result.deleted["attempts"] > 0
+    check(db, monkeypatch)
+    prune(db, older_than_seconds=86400, keep_failed_for_seconds=86400, max_attempts=40,
+          now_ms=NOW)
+    check(db, monkeypatch)
+    db.close()
+
+
+def test_an_older_store_gets_rollups_and_pending_runs_on_upgrade(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "d.db"
+    db = open_store(path, create=True)
+    # Make it a store from before m005: no triggers, no rollups, no column.
+    for (name,) in db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+    ).fetchall():
+        db.execute(f"DROP TRIGGER {name}")
+    db.execute("DROP TABLE attempt_rollup")
+    db.execute("DROP TABLE delivery_rollup")
+    db.execute("DROP INDEX idx_runs_pending")
+    db.execute("DROP INDEX idx_runs_pending_trace")
+    db.execute("ALTER TABLE ai_runs DROP COLUMN reply_pending")
+    db.execute("DELETE FROM _sqlite_migrations WHERE name IN "
+               "('m005_summary_rollups', 'm006_reply_pending')")
+    db.conn.commit()
+    _populate(db, random.Random(9), deliveries=120)
+    db.close()
+
+    # Read-only, it is not upgraded and the queries scan.
+    ro = open_store(path, readonly=True)
+    assert not has_rollups(ro)
+    before = summary(ro, since_seconds=7 * 86400, now_ms=NOW)
+    before_u = undelivered(ro, since_seconds=7 * 86400, now_ms=NOW)
+    ro.close()
+
+    db = open_store(path, create=True)
+    check(db, monkeypatch)
+    assert summary(db, since_seconds=7 * 86400, now_ms=NOW) == before
+    assert undelivered(db, since_seconds=7 * 86400, now_ms=NOW) == before_u
+    db.close()
