@@ -624,9 +624,14 @@ class StoreWriter:
         try:
             if self._bg_conn is None or self._file_replaced(self._bg_identity):
                 with self._lock:
-                    if self._bg_conn is not None:
-                        self._close_bg()
-                    self._bg_conn, self._bg_identity = self._open(5.0)
+                    # Opening may wait on another process: let the hot path see it.
+                    self._bg_lock_since = time.monotonic()
+                    try:
+                        if self._bg_conn is not None:
+                            self._close_bg()
+                        self._bg_conn, self._bg_identity = self._open(5.0)
+                    finally:
+                        self._bg_lock_since = 0.0
             # PASSIVE copies what it can without waiting for readers or writers...
             self._bg_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             # ...but SQLite starts the WAL over only if no frame is left when the next
