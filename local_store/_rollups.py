@@ -132,7 +132,7 @@ def _add_attempt(row: str, sign: int) -> str:
            CASE WHEN {failed} THEN {encode(f'{row}.error_type')} ELSE {NULL_KEY} END,
            CASE WHEN {failed} THEN {encode(f'{row}.failure_class')} ELSE {NULL_KEY} END,
            {sign}
-    FROM {_RESOLUTIONS} r WHERE {row}.status != 'started'
+    FROM {_RESOLUTIONS} r WHERE 1
     ON CONFLICT (res, bucket, channel, status, error_type, failure_class)
     DO UPDATE SET n = n + excluded.n;"""
 
@@ -168,35 +168,74 @@ CREATE TABLE IF NOT EXISTS delivery_rollup (
 ) WITHOUT ROWID;
 """
 
+def _add_alone(row: str, sign: int) -> str:
+    """:func:`_add_delivery` for a delivery whose only attempt is ``row``: the same
+    rows, from the row's own values, without reading the table."""
+    failed = f"{row}.status = 'failed'"
+    outcome = f"""CASE {row}.status WHEN 'delivered' THEN 'delivered'
+        WHEN 'failed' THEN CASE WHEN {row}.final = 1 OR {row}.attempt >= {row}.max_attempts
+                                THEN 'failed' ELSE 'pending_retry' END
+        WHEN 'interrupted' THEN 'interrupted' ELSE 'other' END"""
+    return f"""INSERT INTO delivery_rollup (res, grouping, bucket, k1, k2, outcome, n)
+    SELECT r.res, g.grouping, {row}.started_at_ms / r.res, g.k1, g.k2, {outcome}, {sign}
+    FROM (SELECT 'all' AS grouping, {NULL_KEY} AS k1, {NULL_KEY} AS k2
+          UNION ALL SELECT 'channel', {encode(f'{row}.channel')}, {NULL_KEY}
+          UNION ALL SELECT 'status', {row}.status, {NULL_KEY}
+          UNION ALL SELECT 'failed', {NULL_KEY}, {NULL_KEY} WHERE {failed}
+          UNION ALL SELECT 'error', {encode(f'{row}.error_type')},
+                           {encode(f'{row}.failure_class')} WHERE {failed}) g,
+         {_RESOLUTIONS} r
+    WHERE 1
+    ON CONFLICT (res, grouping, bucket, k1, k2, outcome) DO UPDATE SET n = n + excluded.n;"""
+
+
+def _others(row: str) -> str:
+    """Whether ``row``'s delivery has attempts besides it (one index probe)."""
+    return (
+        f"EXISTS (SELECT 1 FROM attempts o WHERE o.delivery_id = {row}.delivery_id "
+        f"AND o.id != {row}.id)"
+    )
+
+
+# Most deliveries have one attempt: their triggers work from the row alone (the
+# *_alone triggers); the others recompute the delivery from its attempts.
 ROLLUP_TRIGGERS_SQL = f"""
--- A new row: the delivery's earlier attempts stop counting as they were. A 'started'
--- row takes the whole delivery out (readers count it from the rows); any other adds.
-CREATE TRIGGER attempts_rollup_ai AFTER INSERT ON attempts BEGIN
-    {_add_delivery("NEW.delivery_id", -1, excluded="NEW.id")}
+CREATE TRIGGER attempts_rollup_ai AFTER INSERT ON attempts
+WHEN NEW.status != 'started' BEGIN
     {_add_attempt("NEW", 1)}
 END;
-CREATE TRIGGER attempts_rollup_ai_add AFTER INSERT ON attempts
-WHEN NEW.status != 'started' BEGIN
+CREATE TRIGGER attempts_rollup_ai_alone AFTER INSERT ON attempts
+WHEN NEW.status != 'started' AND NOT {_others("NEW")} BEGIN
+    {_add_alone("NEW", 1)}
+END;
+-- A later attempt: the delivery's earlier attempts stop counting as they were. A
+-- 'started' row takes the whole delivery out (readers count it from the rows).
+CREATE TRIGGER attempts_rollup_ai_delivery AFTER INSERT ON attempts
+WHEN {_others("NEW")} BEGIN
+    {_add_delivery("NEW.delivery_id", -1, excluded="NEW.id")}
     {_add_delivery("NEW.delivery_id", 1)}
 END;
 -- An update (an outcome written over its start row, a rescue): out before, in after.
 -- A delivery with a 'started' row contributes nothing, so that side can be skipped.
-CREATE TRIGGER attempts_rollup_bu BEFORE UPDATE OF {_WATCHED} ON attempts BEGIN
-    {_add_attempt("OLD", -1)}
-END;
-CREATE TRIGGER attempts_rollup_bu_delivery BEFORE UPDATE OF {_WATCHED} ON attempts
+CREATE TRIGGER attempts_rollup_bu BEFORE UPDATE OF {_WATCHED} ON attempts
 WHEN OLD.status != 'started' BEGIN
+    {_add_attempt("OLD", -1)}
     {_add_delivery("OLD.delivery_id", -1)}
 END;
 CREATE TRIGGER attempts_rollup_bu_moved BEFORE UPDATE OF delivery_id ON attempts
 WHEN NEW.delivery_id IS NOT OLD.delivery_id BEGIN
     {_add_delivery("NEW.delivery_id", -1)}
 END;
-CREATE TRIGGER attempts_rollup_au AFTER UPDATE OF {_WATCHED} ON attempts BEGIN
+CREATE TRIGGER attempts_rollup_au AFTER UPDATE OF {_WATCHED} ON attempts
+WHEN NEW.status != 'started' BEGIN
     {_add_attempt("NEW", 1)}
 END;
+CREATE TRIGGER attempts_rollup_au_alone AFTER UPDATE OF {_WATCHED} ON attempts
+WHEN NEW.status != 'started' AND NOT {_others("NEW")} BEGIN
+    {_add_alone("NEW", 1)}
+END;
 CREATE TRIGGER attempts_rollup_au_delivery AFTER UPDATE OF {_WATCHED} ON attempts
-WHEN NEW.status != 'started' BEGIN
+WHEN NEW.status != 'started' AND {_others("NEW")} BEGIN
     {_add_delivery("NEW.delivery_id", 1)}
 END;
 CREATE TRIGGER attempts_rollup_au_moved AFTER UPDATE OF delivery_id ON attempts
@@ -205,20 +244,30 @@ WHEN NEW.delivery_id IS NOT OLD.delivery_id BEGIN
 END;
 -- A delete (prune): the delivery as it was goes out, what is left of it comes back.
 CREATE TRIGGER attempts_rollup_bd BEFORE DELETE ON attempts
-WHEN OLD.status != 'started' BEGIN
+WHEN OLD.status != 'started' AND NOT {_others("OLD")} BEGIN
+    {_add_alone("OLD", -1)}
+END;
+CREATE TRIGGER attempts_rollup_bd_delivery BEFORE DELETE ON attempts
+WHEN OLD.status != 'started' AND {_others("OLD")} BEGIN
     {_add_delivery("OLD.delivery_id", -1)}
 END;
-CREATE TRIGGER attempts_rollup_ad AFTER DELETE ON attempts BEGIN
-    {_add_delivery("OLD.delivery_id", 1)}
+CREATE TRIGGER attempts_rollup_ad AFTER DELETE ON attempts
+WHEN OLD.status != 'started' BEGIN
     {_add_attempt("OLD", -1)}
 END;
+CREATE TRIGGER attempts_rollup_ad_delivery AFTER DELETE ON attempts
+WHEN EXISTS (SELECT 1 FROM attempts o WHERE o.delivery_id = OLD.delivery_id) BEGIN
+    {_add_delivery("OLD.delivery_id", 1)}
+END;
 """
-# Trigger names, so a re-run of the migration can replace them.
+# Trigger names, so a re-run of the migration can replace them (with those of
+# earlier drafts of it).
 ROLLUP_TRIGGERS = (
-    "attempts_rollup_ai", "attempts_rollup_ai_add", "attempts_rollup_bu",
-    "attempts_rollup_bu_delivery", "attempts_rollup_bu_moved", "attempts_rollup_au",
+    "attempts_rollup_ai", "attempts_rollup_ai_add", "attempts_rollup_ai_alone",
+    "attempts_rollup_ai_delivery", "attempts_rollup_bu", "attempts_rollup_bu_delivery",
+    "attempts_rollup_bu_moved", "attempts_rollup_au", "attempts_rollup_au_alone",
     "attempts_rollup_au_delivery", "attempts_rollup_au_moved", "attempts_rollup_bd",
-    "attempts_rollup_ad",
+    "attempts_rollup_bd_delivery", "attempts_rollup_ad", "attempts_rollup_ad_delivery",
 )
 
 ROLLUP_BACKFILL_SQL = f"""
