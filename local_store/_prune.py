@@ -25,7 +25,9 @@ from typing import Any
 import sqlite_utils
 
 from ._arguments import check_limit, check_seconds, resolve_now
+from ._reading import has_rollups
 from ._rescue import DEFAULT_STALE_AFTER_MS
+from ._rollups import BUCKETS, HOUR_MS
 from .exceptions import InvalidArgumentError
 
 __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_VACUUM_PAGES_PER_STEP", "PruneResult", "prune"]
@@ -172,6 +174,7 @@ def prune(
         deleted[p.table] += n
         batches += b
     if not dry_run:
+        _drop_empty_rollup_rows(db, old)
         _reclaim(db, vacuum_pages_per_step)
         _refresh_statistics(db)
     page_count_after = _pragma(db, "page_count")
@@ -312,6 +315,41 @@ def _refresh_statistics(db: sqlite_utils.Database) -> None:
 
 def _pragma(db: sqlite_utils.Database, name: str) -> int:
     return int(db.execute(f"PRAGMA {name}").fetchone()[0])
+
+
+def _drop_empty_rollup_rows(db: sqlite_utils.Database, before_ms: int) -> None:
+    """Delete rollup rows whose count fell to zero (their attempts were deleted or moved
+    to another bucket) in buckets before ``before_ms``, a day of buckets per short
+    transaction. A zero row counts nothing, so this never changes an answer; without
+    it the rollups would keep a row for every hour and minute the store ever had.
+
+    The triggers already keep the counts right while rows are deleted.
+    """
+    if not has_rollups(db):
+        return
+    for table, groupings in (
+        ("attempt_rollup", [None]),
+        ("delivery_rollup", [g for (g,) in db.execute(
+            "SELECT DISTINCT grouping FROM delivery_rollup WHERE res = ?", [HOUR_MS]
+        ).fetchall()]),
+    ):
+        for res in BUCKETS:
+            for grouping in groupings:
+                where = "res = :res" + (" AND grouping = :g" if grouping else "")
+                q = {"res": res, "g": grouping}
+                (low,) = db.execute(f"SELECT MIN(bucket) FROM {table} WHERE {where}", q).fetchone()
+                if low is None:
+                    continue
+                step = 86_400_000 // res
+                for lo in range(int(low), before_ms // res, step):
+                    started = time.monotonic()
+                    with db.atomic():
+                        db.execute(
+                            f"DELETE FROM {table} WHERE {where} AND bucket >= :lo "
+                            "AND bucket < :hi AND n = 0",
+                            {**q, "lo": lo, "hi": min(lo + step, before_ms // res)},
+                        )
+                    _let_writers_in(time.monotonic() - started)
 
 
 def _reclaim(db: sqlite_utils.Database, pages_per_step: int) -> None:

@@ -260,6 +260,13 @@ def test_rollups_answer_as_the_rows_do(
     result = prune(db, older_than_seconds=4 * 86400, keep_failed_for_seconds=6 * 86400,
                    now_ms=NOW, batch_size=7)
     assert result.deleted["attempts"] > 0
+    # Prune leaves no empty rollup rows behind in the buckets it cleared.
+    for table in ("attempt_rollup", "delivery_rollup"):
+        assert db.execute(
+            f"SELECT COUNT(*) FROM {table} WHERE n = 0 AND (bucket + 1) * res <= ?",
+            [result.older_than_ms],
+        ).fetchone()[0] == 0, table
+    assert db.execute("SELECT COUNT(*) FROM delivery_rollup WHERE n = 0").fetchone()[0] > 0
     check(db, monkeypatch)
     prune(db, older_than_seconds=86400, keep_failed_for_seconds=86400, max_attempts=40,
           now_ms=NOW)
