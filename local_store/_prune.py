@@ -13,6 +13,10 @@ row costs more) and grows back, up to ``batch_size``, when deletes are quick. Be
 batches the write lock is left free for at least as long as the batch held it:
 SQLite's busy handler polls with growing sleeps, and a lock that is released for
 only a few microseconds would starve a waiting writer until its timeout.
+
+Triggers on ``attempts`` keep the rollups and ``ai_runs.reply_pending`` right as rows
+go (a deleted delivered attempt can leave its delivery failed or pending again); that
+is work per deleted row, which the adaptive batch size absorbs.
 """
 
 from __future__ import annotations

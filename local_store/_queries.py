@@ -3,6 +3,10 @@
 Every function takes a store opened with :func:`local_store.open_store`, only reads,
 and accepts ``now_ms`` so a test (or a post-mortem) can ask "as of" a given moment.
 Windows (``since_seconds``) are on the time an attempt, run or enqueue started.
+
+``summary`` and ``health`` read the rollups and ``undelivered`` the ``reply_pending``
+runs that triggers keep (``_rollups.py``, schema m005 and m006); a store of an older
+schema opened read-only is answered by scanning the rows, with the same results.
 """
 
 from __future__ import annotations
@@ -476,6 +480,10 @@ def undelivered(
     ``reason`` is the worst thing that happened: ``enqueue_failed``, ``failed``,
     ``interrupted``, ``pending_retry``, ``in_flight``, or ``no_attempt``.
 
+    The runs are found through ``ai_runs.reply_pending`` (a partial index of the runs
+    whose reply no attempt has delivered); the work then grows with the replies
+    reported, not with the store.
+
     >>> [i.reason for i in undelivered(db, since_seconds=86400).items]  # doctest: +SKIP
     ['no_attempt', 'enqueue_failed']
     """
@@ -667,7 +675,8 @@ def health(
     """Check the window against limits, for cron and monitoring.
 
     The failure rate is failed attempts over all attempts, per channel, and is judged
-    only on channels with at least ``min_attempts_for_rate`` attempts. Drops are the
+    only on channels with at least ``min_attempts_for_rate`` attempts (counted from
+    ``attempt_rollup``, see :func:`_attempts_by_channel`). Drops are the
     ``drops`` rows whose latest drop falls in the window (their counts are totals).
 
     >>> report = health(db, since_seconds=3600)  # doctest: +SKIP
