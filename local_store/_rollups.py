@@ -109,19 +109,25 @@ def contributions(xs: str, latest_filter: str = "1", table: str = "attempts") ->
     WHERE o.outcome IS NOT NULL"""
 
 
-def _attempts_of(d: str, excluded: str | None = None) -> tuple[str, str]:
-    """(xs, latest_filter) for the attempts of delivery ``d``, less row ``excluded``."""
-    skip = f" AND a.id != {excluded}" if excluded else ""
-    xs = f"(SELECT * FROM attempts a WHERE a.delivery_id = {d}{skip})"
-    return xs, (f"l.id != {excluded}" if excluded else "1")
+def _recount(sign: str, skip: str) -> str:
+    """:func:`contributions` of delivery ``NEW.delivery_id`` (less row ``skip``, when not
+    NULL), added to ``delivery_rollup`` times ``sign``."""
+    xs = f"(SELECT * FROM attempts a WHERE a.delivery_id = NEW.delivery_id AND a.id IS NOT {skip})"
+    return f"""INSERT INTO delivery_rollup (res, grouping, bucket, k1, k2, outcome, n)
+    SELECT r.res, c.grouping, c.at / r.res, c.k1, c.k2, c.outcome, {sign}
+    FROM ({contributions(xs, f"l.id IS NOT {skip}")}) c, {_RESOLUTIONS} r WHERE 1
+    ON CONFLICT (res, grouping, bucket, k1, k2, outcome) DO UPDATE SET n = n + excluded.n;"""
 
 
 def _add_delivery(d: str, sign: int, excluded: str | None = None) -> str:
-    xs, latest = _attempts_of(d, excluded)
-    return f"""INSERT INTO delivery_rollup (res, grouping, bucket, k1, k2, outcome, n)
-    SELECT r.res, c.grouping, c.at / r.res, c.k1, c.k2, c.outcome, {sign}
-    FROM ({contributions(xs, latest)}) c, {_RESOLUTIONS} r WHERE 1
-    ON CONFLICT (res, grouping, bucket, k1, k2, outcome) DO UPDATE SET n = n + excluded.n;"""
+    """Add delivery ``d``'s contributions (less row ``excluded``) times ``sign``.
+
+    The statement is written once, in the trigger on ``rollup_recount`` (a table that
+    never keeps a row); the triggers on ``attempts`` insert into it. Every connection
+    parses the schema when it opens, and a copy per trigger would cost each CLI
+    query about a millisecond.
+    """
+    return f"INSERT INTO rollup_recount VALUES ({d}, {sign}, {excluded or 'NULL'});"
 
 
 def _add_attempt(row: str, sign: int) -> str:
@@ -155,6 +161,8 @@ CREATE TABLE IF NOT EXISTS attempt_rollup (
     n INTEGER NOT NULL,
     PRIMARY KEY (res, bucket, channel, status, error_type, failure_class)
 ) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS rollup_recount (delivery_id TEXT, sign INTEGER, skip_id INTEGER);
 
 CREATE TABLE IF NOT EXISTS delivery_rollup (
     res INTEGER NOT NULL,
@@ -200,6 +208,10 @@ def _others(row: str) -> str:
 # Most deliveries have one attempt: their triggers work from the row alone (the
 # *_alone triggers); the others recompute the delivery from its attempts.
 ROLLUP_TRIGGERS_SQL = f"""
+CREATE TRIGGER rollup_recount_bi BEFORE INSERT ON rollup_recount BEGIN
+    {_recount("NEW.sign", "NEW.skip_id")}
+    SELECT RAISE(IGNORE);
+END;
 CREATE TRIGGER attempts_rollup_ai AFTER INSERT ON attempts
 WHEN NEW.status != 'started' BEGIN
     {_add_attempt("NEW", 1)}
@@ -263,7 +275,7 @@ END;
 # Trigger names, so a re-run of the migration can replace them (with those of
 # earlier drafts of it).
 ROLLUP_TRIGGERS = (
-    "attempts_rollup_ai", "attempts_rollup_ai_add", "attempts_rollup_ai_alone",
+    "rollup_recount_bi", "attempts_rollup_ai", "attempts_rollup_ai_add", "attempts_rollup_ai_alone",
     "attempts_rollup_ai_delivery", "attempts_rollup_bu", "attempts_rollup_bu_delivery",
     "attempts_rollup_bu_moved", "attempts_rollup_au", "attempts_rollup_au_alone",
     "attempts_rollup_au_delivery", "attempts_rollup_au_moved", "attempts_rollup_bd",

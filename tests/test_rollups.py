@@ -286,6 +286,7 @@ def test_an_older_store_gets_rollups_and_pending_runs_on_upgrade(
         db.execute(f"DROP TRIGGER {name}")
     db.execute("DROP TABLE attempt_rollup")
     db.execute("DROP TABLE delivery_rollup")
+    db.execute("DROP TABLE rollup_recount")
     db.execute("DROP INDEX idx_runs_pending")
     db.execute("DROP INDEX idx_runs_pending_trace")
     db.execute("ALTER TABLE ai_runs DROP COLUMN reply_pending")
