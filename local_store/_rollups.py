@@ -27,6 +27,10 @@ contributes after. That makes any change exact, including prune's deletes and a
 rescue's ``started`` -> ``interrupted``, at the cost of a few small upserts per attempt
 row written.
 
+The one way around them: ``INSERT OR REPLACE`` into ``attempts`` deletes the row it
+replaces without firing delete triggers (unless ``PRAGMA recursive_triggers`` is on);
+nothing in otel-delivery writes that way.
+
 ``ai_runs.reply_pending`` (schema m006) is 1 when a run produced a reply and no
 attempt of its trace has delivered; triggers on both tables keep it, whichever row is
 written first, and a partial index holds only the pending runs.
