@@ -63,6 +63,14 @@ _STUCK_AFTER_TIMEOUTS = 4
 # Checkpoint the WAL after this many hot-path commits, or this long after a write.
 _CHECKPOINT_EVERY_COMMITS = 200
 _CHECKPOINT_INTERVAL_SECONDS = 1.0
+# The background thread waits for another process's write lock in short tries, with
+# our own lock let go in between, so the hot path never queues behind that wait.
+_BG_BUSY_TRY_SECONDS = 0.02
+_BG_BUSY_GIVE_UP_SECONDS = 5.0
+
+
+class _StoreBusy(Exception):
+    """Another process holds the write lock; the batch was not started."""
 
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "inbound_messages": (
@@ -375,6 +383,7 @@ class StoreWriter:
         self, sql: str, row: dict[str, Any], *, returning: bool
     ) -> tuple[bool, int | None]:
         """Commit one attempt row within the hot-path bound: (written, attempt number)."""
+        asked = time.monotonic()
         if not self._lock.acquire(timeout=self.hot_path_timeout_seconds):
             held_since = self._bg_lock_since
             stuck = max(self.hot_path_timeout_seconds, 0.01) * _STUCK_AFTER_TIMEOUTS
@@ -389,7 +398,14 @@ class StoreWriter:
             if conn is None:
                 return False, None
             row["writer_id"] = self.writer_id
+            # Time spent waiting for our own lock comes off SQLite's wait for another
+            # process's, so the call as a whole stays within the bound.
+            waited = time.monotonic() - asked
+            shortened = waited > 0.001
             try:
+                if shortened:
+                    left = max(1, int((self.hot_path_timeout_seconds - waited) * 1000))
+                    conn.execute(f"PRAGMA busy_timeout = {left}")
                 cur = conn.execute(sql, _attempt_params(row))
                 result = cur.fetchone() if returning else None
                 conn.commit()
@@ -402,6 +418,14 @@ class StoreWriter:
                     return True, None  # the store is fine; this row can never be written
                 self._trip(exc)
                 return False, None
+            finally:
+                if shortened and self._hot_conn is conn:
+                    try:
+                        conn.execute(
+                            f"PRAGMA busy_timeout = {int(self.hot_path_timeout_seconds * 1000)}"
+                        )
+                    except Exception:  # a broken connection is replaced on the next call
+                        pass
             return True, int(result[0]) if result is not None else row.get("attempt")
         finally:
             self._lock.release()
@@ -537,22 +561,17 @@ class StoreWriter:
             if not taken and not drops:
                 return True
             batch = self._build_rows(taken)
+            busy_until = time.monotonic() + _BG_BUSY_GIVE_UP_SECONDS
             try:
-                with self._lock:
-                    self._bg_lock_since = started = time.monotonic()
+                while True:
                     try:
-                        try:
-                            self._write_batch(batch, drops)
-                        except Exception as exc:
-                            if not _is_row_problem(exc):
-                                raise
-                            # One bad row (a value SQLite cannot bind) must not hold the
-                            # queue forever: write the rows one by one, counting the bad
-                            # ones.
-                            self._write_batch(batch, drops, one_by_one=True)
-                    finally:
-                        self._bg_lock_since = 0.0
-                        held = time.monotonic() - started
+                        held = self._write_locked(batch, drops)
+                        break
+                    except _StoreBusy:
+                        # Another process has the write lock: wait with ours let go.
+                        if time.monotonic() >= busy_until:
+                            raise sqlite3.OperationalError("database is locked") from None
+                        time.sleep(_BG_BUSY_TRY_SECONDS / 2)
                 self._adapt_batch(len(batch), held)
                 with self._cond:
                     self._in_flight = 0
@@ -581,6 +600,25 @@ class StoreWriter:
                 )
                 self._close_bg()
                 return False
+
+    def _write_locked(
+        self, batch: list[tuple[str, dict[str, Any]]], drops: dict[str, list[Any]]
+    ) -> float:
+        """Write one batch holding our lock; return how long it was held."""
+        with self._lock:
+            self._bg_lock_since = started = time.monotonic()
+            try:
+                try:
+                    self._write_batch(batch, drops)
+                except Exception as exc:
+                    if not _is_row_problem(exc):
+                        raise
+                    # One bad row (a value SQLite cannot bind) must not hold the queue
+                    # forever: write the rows one by one, counting the bad ones.
+                    self._write_batch(batch, drops, one_by_one=True)
+            finally:
+                self._bg_lock_since = 0.0
+            return time.monotonic() - started
 
     def _build_rows(
         self, taken: list[tuple[str, _Row]]
@@ -622,25 +660,26 @@ class StoreWriter:
             self._hot_commits = self._bg_commits = 0
             self._last_checkpoint = time.monotonic()
         try:
-            if self._bg_conn is None or self._file_replaced(self._bg_identity):
+            conn = self._bg_conn
+            if conn is None or self._file_replaced(self._bg_identity):
                 with self._lock:
                     # Opening may wait on another process: let the hot path see it.
                     self._bg_lock_since = time.monotonic()
                     try:
-                        if self._bg_conn is not None:
+                        if conn is not None:
                             self._close_bg()
-                        self._bg_conn, self._bg_identity = self._open(5.0)
+                        conn = self._open_bg()
                     finally:
                         self._bg_lock_since = 0.0
             # PASSIVE copies what it can without waiting for readers or writers...
-            self._bg_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             # ...but SQLite starts the WAL over only if no frame is left when the next
             # write begins, and this process's writes race the copy. Copy the few
             # written meanwhile with our writes held off (fsync here takes well under
             # a millisecond), or the WAL file would grow for as long as traffic lasts.
             if self._lock.acquire(timeout=self.hot_path_timeout_seconds):
                 try:
-                    self._bg_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 finally:
                     self._lock.release()
         except Exception as exc:
@@ -656,9 +695,7 @@ class StoreWriter:
     ) -> None:
         if self._bg_conn is not None and self._file_replaced(self._bg_identity):
             self._close_bg()
-        if self._bg_conn is None:
-            self._bg_conn, self._bg_identity = self._open(5.0)
-        conn = self._bg_conn
+        conn = self._bg_conn if self._bg_conn is not None else self._open_bg()
         by_kind: dict[str, list[dict[str, Any]]] = {}
         for kind, row in batch:
             if kind.startswith("attempts:") and row.get("writer_id") is None:
@@ -666,6 +703,12 @@ class StoreWriter:
             by_kind.setdefault(kind, []).append(row)
         try:
             conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", None)  # None before Python 3.11
+            if code & 0xFF == 5 if isinstance(code, int) else "locked" in str(exc):
+                raise _StoreBusy() from exc  # SQLITE_BUSY
+            raise
+        try:
             if one_by_one:
                 self._write_rows_singly(conn, by_kind)
                 by_kind = {}
@@ -707,6 +750,13 @@ class StoreWriter:
                         raise
                     with self._cond:
                         self._count_locked("unwritable_row", 1, f"{kind}: {exc!r}"[:300])
+
+    def _open_bg(self) -> sqlite3.Connection:
+        # Opening (and migrating) may wait up to 5 s; later writes wait in short tries.
+        conn, self._bg_identity = self._open(5.0)
+        conn.execute(f"PRAGMA busy_timeout = {int(_BG_BUSY_TRY_SECONDS * 1000)}")
+        self._bg_conn = conn
+        return conn
 
     def _close_bg(self) -> None:
         conn, self._bg_conn = self._bg_conn, None
