@@ -361,11 +361,16 @@ def _reclaim(db: sqlite_utils.Database, pages_per_step: int) -> None:
     if _pragma(db, "auto_vacuum") != 2:  # created without INCREMENTAL: nothing to do cheaply
         return
     free = _pragma(db, "freelist_count")
+    step = pages_per_step
     while free > 0:
         started = time.monotonic()
         # The pragma frees one page per step of the statement: fetch it all to finish.
-        db.execute(f"PRAGMA incremental_vacuum({int(pages_per_step)})").fetchall()
-        _let_writers_in(time.monotonic() - started)
+        db.execute(f"PRAGMA incremental_vacuum({int(step)})").fetchall()
+        held = time.monotonic() - started
+        # Moving pages from the end of a large file can be slow: same lock budget as
+        # the deletes.
+        step = _next_batch_size(step, min(step, free), held, pages_per_step)
+        _let_writers_in(held)
         left = _pragma(db, "freelist_count")
         if left >= free:  # a writer is reusing pages as fast as we free them
             break
