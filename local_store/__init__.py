@@ -35,6 +35,7 @@ from .exceptions import (
     StoreCorruptError,
     StoreError,
     StoreNotFoundError,
+    StoreUpgradeNeededError,
     StoreVersionError,
 )
 
@@ -52,6 +53,7 @@ __all__ = [
     "StoreCorruptError",
     "StoreError",
     "StoreNotFoundError",
+    "StoreUpgradeNeededError",
     "StoreVersionError",
     "StoreWriter",
     "Summary",

@@ -19,7 +19,12 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from . import _rollups
-from .exceptions import StoreCorruptError, StoreNotFoundError, StoreVersionError
+from .exceptions import (
+    StoreCorruptError,
+    StoreNotFoundError,
+    StoreUpgradeNeededError,
+    StoreVersionError,
+)
 
 __all__ = ["SCHEMA_VERSION", "connect", "is_damage", "open_store", "schema_version"]
 
@@ -363,14 +368,20 @@ def open_store(
     create: bool = False,
     readonly: bool = False,
     busy_timeout_seconds: float = DEFAULT_BUSY_TIMEOUT_SECONDS,
+    upgrade: bool = True,
 ) -> sqlite_utils.Database:
     """Open (and with ``create=True``, create or upgrade) the store at ``path``.
+
+    With ``upgrade=False`` an existing store with an older schema raises
+    StoreUpgradeNeededError instead of being upgraded (which can take minutes on a
+    large store): a gateway's caller thread opens stores that way.
 
     >>> db = open_store("/tmp/deliveries.db", create=True)  # doctest: +SKIP
     >>> db["attempts"].count  # doctest: +SKIP
     0
 
-    Raises StoreNotFoundError, StoreCorruptError or StoreVersionError.
+    Raises StoreNotFoundError, StoreCorruptError, StoreVersionError or
+    StoreUpgradeNeededError.
     """
     p = Path(path)
     if p.is_dir():
@@ -397,8 +408,13 @@ def open_store(
                 # An older schema is still readable by the queries that exist in it;
                 # upgrading needs a writer (any configured gateway does it).
                 return db
+            if version > 0 and not upgrade:
+                raise StoreUpgradeNeededError(
+                    f"{p} has schema {version} of {SCHEMA_VERSION}: it is upgraded by the "
+                    "background writer, or by any otel-delivery command"
+                )
             _migrate(db)
-    except (StoreVersionError, StoreCorruptError):
+    except (StoreVersionError, StoreCorruptError, StoreUpgradeNeededError):
         conn.close()
         raise
     except sqlite3.DatabaseError as exc:

@@ -43,7 +43,7 @@ from typing import Any
 from ._ratelimit import RateLimitedLog
 from ._rescue import rescue_interrupted
 from ._schema import open_store
-from .exceptions import StoreCorruptError, StoreError
+from .exceptions import StoreCorruptError, StoreError, StoreUpgradeNeededError
 
 __all__ = ["DEFAULT_MAX_QUEUE", "TABLE_COLUMNS", "StoreWriter"]
 
@@ -236,6 +236,7 @@ class StoreWriter:
         self._hot_commits = 0  # hot-path commits since the last checkpoint
         self._bg_commits = 0  # background commits since the last checkpoint
         self._last_checkpoint = time.monotonic()
+        self._upgrade_wanted = False  # the hot path found an older schema
         self._hot_conn: sqlite3.Connection | None = None
         self._hot_identity: tuple[int, int] | None = None
         self._hot_open_until = 0.0  # monotonic time the hot path stays bypassed until
@@ -259,14 +260,18 @@ class StoreWriter:
 
     # -- connections ---------------------------------------------------------------
 
-    def _open(self, timeout_seconds: float) -> tuple[sqlite3.Connection, tuple[int, int]]:
+    def _open(
+        self, timeout_seconds: float, *, upgrade: bool = True
+    ) -> tuple[sqlite3.Connection, tuple[int, int]]:
         try:
-            db = open_store(self.path, create=True, busy_timeout_seconds=timeout_seconds)
+            db = open_store(self.path, create=True, busy_timeout_seconds=timeout_seconds,
+                            upgrade=upgrade)
         except StoreCorruptError as exc:
             if not exc.damaged:
                 raise
             self._move_aside(exc)
-            db = open_store(self.path, create=True, busy_timeout_seconds=timeout_seconds)
+            db = open_store(self.path, create=True, busy_timeout_seconds=timeout_seconds,
+                            upgrade=upgrade)
         st = os.stat(self.path)
         identity = (st.st_dev, st.st_ino)
         conn = db.conn
@@ -316,9 +321,16 @@ class StoreWriter:
             self._hot_conn = None
         if self._hot_conn is None:
             try:
-                self._hot_conn, self._hot_identity = self._open(self.hot_path_timeout_seconds)
+                # Never upgrade here: on a large store that takes minutes. The
+                # background thread does it while these rows wait in the queue.
+                self._hot_conn, self._hot_identity = self._open(
+                    self.hot_path_timeout_seconds, upgrade=False
+                )
             except Exception as exc:
                 self._trip(exc)
+                if isinstance(exc, StoreUpgradeNeededError):
+                    self._upgrade_wanted = True
+                    self._wake_background()
                 return None
         return self._hot_conn
 
@@ -430,9 +442,9 @@ class StoreWriter:
         finally:
             self._lock.release()
             if self._hot_commits >= _CHECKPOINT_EVERY_COMMITS:
-                self._wake_for_checkpoint()
+                self._wake_background()
 
-    def _wake_for_checkpoint(self) -> None:
+    def _wake_background(self) -> None:
         with self._cond:
             if self._thread is None:
                 if not self._closed:
@@ -535,6 +547,9 @@ class StoreWriter:
                     self._cond.wait(backoff)
                 stop = self._stop
                 target = self._flush_requests
+            if self._upgrade_wanted:
+                self._upgrade_wanted = False
+                self._bg_connection()
             ok = self._write_pending()
             failing = not ok
             if ok:
@@ -660,17 +675,9 @@ class StoreWriter:
             self._hot_commits = self._bg_commits = 0
             self._last_checkpoint = time.monotonic()
         try:
-            conn = self._bg_conn
-            if conn is None or self._file_replaced(self._bg_identity):
-                with self._lock:
-                    # Opening may wait on another process: let the hot path see it.
-                    self._bg_lock_since = time.monotonic()
-                    try:
-                        if conn is not None:
-                            self._close_bg()
-                        conn = self._open_bg()
-                    finally:
-                        self._bg_lock_since = 0.0
+            conn = self._bg_connection()
+            if conn is None:
+                return
             # PASSIVE copies what it can without waiting for readers or writers...
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             # ...but SQLite starts the WAL over only if no frame is left when the next
@@ -750,6 +757,25 @@ class StoreWriter:
                         raise
                     with self._cond:
                         self._count_locked("unwritable_row", 1, f"{kind}: {exc!r}"[:300])
+
+    def _bg_connection(self) -> sqlite3.Connection | None:
+        """The background connection, opened (creating or upgrading the store) if need be."""
+        conn = self._bg_conn
+        if conn is not None and not self._file_replaced(self._bg_identity):
+            return conn
+        with self._lock:
+            # Opening may wait on another process, or upgrade a large store for
+            # minutes: let the hot path see that the lock is taken for long.
+            self._bg_lock_since = time.monotonic()
+            try:
+                if self._bg_conn is not None:
+                    self._close_bg()
+                return self._open_bg()
+            except Exception as exc:
+                self._log.warning("bg-open", "otel-delivery cannot open %s (%s)", self.path, exc)
+                return None
+            finally:
+                self._bg_lock_since = 0.0
 
     def _open_bg(self) -> sqlite3.Connection:
         # Opening (and migrating) may wait up to 5 s; later writes wait in short tries.

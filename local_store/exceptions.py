@@ -13,6 +13,7 @@ __all__ = [
     "StoreCorruptError",
     "StoreError",
     "StoreNotFoundError",
+    "StoreUpgradeNeededError",
     "StoreVersionError",
 ]
 
@@ -37,6 +38,10 @@ class StoreCorruptError(StoreError):
 
 class StoreVersionError(StoreError):
     """The store was written by a newer otel-delivery schema than this one knows."""
+
+
+class StoreUpgradeNeededError(StoreError):
+    """The store has an older schema and the caller asked not to upgrade it now."""
 
 
 class InvalidArgumentError(StoreError, ValueError):

@@ -175,3 +175,39 @@ def test_waiting_on_another_process_does_not_hold_our_lock(writer: StoreWriter) 
     assert writer.flush()
     assert count(writer.path, "SELECT COUNT(*) FROM inbound_messages") == 100
     assert not writer.stats().get("write_errors")
+
+
+def test_the_callers_thread_never_upgrades_an_older_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from local_store import _schema
+
+    path = tmp_path / "old.db"
+    first = StoreWriter(path, service="old")
+    first.start_attempt(attempt(1))
+    first.close()
+    # Make it a store from before the last migration (migrations can run again).
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = ?",
+                     (_schema.KNOWN_MIGRATIONS[-1],))
+    upgraded_on: list[str] = []
+    real_migrate = _schema._migrate
+
+    def migrate(db: Any) -> None:
+        upgraded_on.append(threading.current_thread().name)
+        real_migrate(db)
+
+    monkeypatch.setattr(_schema, "_migrate", migrate)
+
+    w = StoreWriter(path, service="new", hot_path_cooldown_seconds=0.0)
+    try:
+        # Deferred, not upgraded on the caller's thread...
+        assert w.start_attempt(attempt(2)) is None
+        assert w.flush()
+        assert upgraded_on == ["otel-delivery-store-writer"]
+        # ...and once the background thread has upgraded it, the hot path is back.
+        assert w.start_attempt(attempt(3)) == 1
+    finally:
+        w.close()
+    assert count(path, "SELECT COUNT(*) FROM _sqlite_migrations") == len(_schema.KNOWN_MIGRATIONS)
+    assert count(path, "SELECT COUNT(*) FROM attempts") == 3
