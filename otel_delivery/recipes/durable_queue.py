@@ -91,7 +91,7 @@ LEFT JOIN delivery_events last ON last.id = (
     SELECT MAX(e.id) FROM delivery_events e WHERE e.delivery_id = d.id
 )
 WHERE last.event IS NULL OR last.event NOT IN ('delivered', 'dead')
-ORDER BY d.queued_at_ms, d.id
+ORDER BY d.queued_at_ms, d.rowid  -- put order for entries queued in the same ms
 """
 
 
