@@ -14,7 +14,11 @@ Two paths:
   else goes to a bounded in-memory queue that a daemon thread writes with
   ``executemany``. A lazy row is built by that thread, off the caller's. Each batch is
   sized to hold the write lock about ``_BATCH_HOLD_SECONDS``, well inside the hot
-  path's bound, so a caller never waits long behind it.
+  path's bound, so a caller never waits long behind it; and the thread waits for
+  another process's write lock in short tries, letting go of ours in between.
+
+The caller's thread never upgrades a store with an older schema (on a large store
+that takes minutes): it defers its rows, and the background thread runs the upgrade.
 
 The store's WAL is checkpointed by the background thread (PASSIVE, never waiting), not
 by whichever commit happens to cross SQLite's auto-checkpoint threshold: a checkpoint
@@ -216,9 +220,10 @@ class StoreWriter:
         self._closed = False
         self._init_process_state()
         _writers.add(self)
-        # Open (create, migrate) now so configuration errors such as a newer
-        # schema surface at start-up; a store that is merely unavailable is
-        # retried by the background thread.
+        # Open (or create) the store now, so this process registers as a writer at
+        # start-up and a problem is logged at once. Nothing here raises: a store that
+        # cannot be opened, or that has an older schema, is left to the background
+        # thread, which retries it or upgrades it off the caller's thread.
         self._hot_connection()
 
     # -- state that must be fresh in every process -------------------------------
@@ -518,10 +523,11 @@ class StoreWriter:
     def stats(self) -> dict[str, int]:
         """Counters since this writer started.
 
-        Drop reasons (``queue_full``, ``closed``, ``lost_at_close``, and any the caller
-        counts) are records lost; ``deferred`` counts rows that skipped the hot path and
-        went through the queue; ``write_errors`` counts failed batch writes that were
-        kept for retry; ``queued`` is the queue length now.
+        Drop reasons (``queue_full``, ``closed``, ``lost_at_close``, ``unwritable_row``,
+        ``unbuildable_row``, and any the caller counts) are records lost; ``deferred``
+        counts rows that skipped the hot path and went through the queue;
+        ``write_errors`` counts failed batch writes that were kept for retry; ``queued``
+        is the queue length now.
         """
         with self._cond:
             out = dict(self._totals)
