@@ -22,14 +22,13 @@ from ._arguments import check_limit, check_seconds, resolve_now, window_start
 from ._durations import format_duration
 from ._reading import (
     DEAD_CTE,
-    DeliveryOutcome,
-    delivery_outcomes,
     effective_status,
     has_rollups,
     liveness_params,
     lost_enqueues,
     outcome_of,
     rows,
+    trace_delivery_outcomes,
 )
 from ._rollups import HOUR_MS, MINUTE_MS, contributions, decode
 from .exceptions import InvalidArgumentError
@@ -423,8 +422,37 @@ UNDELIVERED_REASONS = (
 )
 
 
-def _reason(d: DeliveryOutcome) -> str:
-    return d.outcome if d.outcome in UNDELIVERED_REASONS else "other"
+_RANKS = {reason: rank for rank, reason in enumerate(UNDELIVERED_REASONS)}
+# Positions in trace_delivery_outcomes' tuples (DeliveryOutcome's fields).
+_DELIVERY_ID, _OUTCOME, _ATTEMPTS, _TRACE_ID, _ERROR_TYPE, _ERROR_TEXT = 0, 1, 2, 7, 8, 9
+
+
+def _reason(outcome: str) -> str:
+    return outcome if outcome in _RANKS else "other"
+
+
+def _rank(d: tuple[Any, ...]) -> int:
+    return _RANKS[_reason(d[_OUTCOME])]
+
+
+def _failed_enqueues_in(
+    db: sqlite_utils.Database, trace_params: dict[str, Any], n_traces: int
+) -> dict[str, list[dict[str, Any]]]:
+    """The failed enqueues of the traces :traces, by trace, in id order."""
+    by_trace: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    if not n_traces:
+        return by_trace
+    in_traces = "trace_id IN (SELECT value FROM json_each(:traces))"
+    # A few traces: probe the trace index for each (+status keeps SQLite off the status
+    # index). Many: read every failed enqueue once through the status index instead.
+    (n_failed,) = db.execute("SELECT COUNT(*) FROM enqueues WHERE status = 'failed'").fetchone()
+    status = "+status" if n_traces * 4 < n_failed else "status"
+    for e in rows(
+        db, f"SELECT * FROM enqueues WHERE {status} = 'failed' AND {in_traces} ORDER BY id",
+        trace_params,
+    ):
+        by_trace[e["trace_id"]].append(e)
+    return by_trace
 
 
 @dataclass(frozen=True)
@@ -482,7 +510,9 @@ def undelivered(
 
     The runs are found through ``ai_runs.reply_pending`` (a partial index of the runs
     whose reply no attempt has delivered); the work then grows with the replies
-    reported, not with the store.
+    reported, not with the store. Their traces' deliveries are judged from one read
+    of their attempts (:func:`trace_delivery_outcomes`), and their failed enqueues
+    come from one more statement.
 
     >>> [i.reason for i in undelivered(db, since_seconds=86400).items]  # doctest: +SKIP
     ['no_attempt', 'enqueue_failed']
@@ -500,8 +530,7 @@ def undelivered(
         # the status index and read every delivered row per run
         not_delivered = """r.reply_produced = 1 AND NOT EXISTS (
             SELECT 1 FROM attempts a WHERE a.trace_id = r.trace_id AND +a.status = 'delivered')"""
-    runs = rows(
-        db,
+    runs = db.execute(
         f"""SELECT r.trace_id, r.inbound_id, r.channel,
                   COALESCE(r.ended_at_ms, r.started_at_ms) AS at_ms
         FROM ai_runs r
@@ -509,55 +538,41 @@ def undelivered(
           AND COALESCE(r.ended_at_ms, r.started_at_ms) <= :settled
         ORDER BY r.started_at_ms, r.id""",
         params,
-    )
-    trace_params = {
-        "traces": json.dumps(sorted({r["trace_id"] for r in runs})),
-        **liveness_params(db, now),
-    }
-    in_traces = "trace_id IN (SELECT value FROM json_each(:traces))"
-    outcomes: dict[str, list[DeliveryOutcome]] = defaultdict(list)
-    for d in delivery_outcomes(
-        db, f"SELECT DISTINCT delivery_id FROM attempts WHERE {in_traces}", trace_params
-    ):
-        outcomes[d.trace_id].append(d)
-    failed_enqueues: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    # A few traces: probe the trace index for each (+status keeps SQLite off the status
-    # index). Many: read every failed enqueue once through the status index instead.
-    (n_failed,) = db.execute(
-        "SELECT COUNT(*) FROM enqueues WHERE status = 'failed'"
-    ).fetchone() if runs else (0,)
-    status = "+status" if len(runs) * 4 < n_failed else "status"
-    for e in rows(
-        db, f"SELECT * FROM enqueues WHERE {status} = 'failed' AND {in_traces} ORDER BY id",
-        trace_params,
-    ):
-        failed_enqueues[e["trace_id"]].append(e)
+    ).fetchall()
+    listed = {trace_id for trace_id, *_ in runs}
+    trace_params = {"traces": json.dumps(sorted(listed)), **liveness_params(db, now)}
+    # Each delivery counts in the trace of its latest attempt, as in trace_story.
+    outcomes: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+    for d in trace_delivery_outcomes(db, trace_params) if runs else ():
+        outcomes[d[_TRACE_ID]].append(d)
+    failed_enqueues = _failed_enqueues_in(db, trace_params, len(listed))
 
     items: list[UndeliveredItem] = []
-    for run in runs:
-        outs = outcomes.get(run["trace_id"], [])
-        lost = lost_enqueues(
-            failed_enqueues.get(run["trace_id"], []), {d.delivery_id for d in outs}
-        )
+    for trace_id, inbound_id, channel, at_ms in runs:
+        outs = outcomes.get(trace_id, ())
+        failed = failed_enqueues.get(trace_id)
+        lost = lost_enqueues(failed, {d[_DELIVERY_ID] for d in outs}) if failed else ()
         error_type = error_text = delivery_id = None
         if lost:
             reason = "enqueue_failed"
             error_type, error_text = lost[0]["error_type"], lost[0]["error_text"]
             delivery_id = lost[0]["delivery_id"]
         elif outs:
-            worst = min(outs, key=lambda d: UNDELIVERED_REASONS.index(_reason(d)))
-            reason = _reason(worst)
-            error_type, error_text = worst.error_type, worst.error_text
-            delivery_id = worst.delivery_id
+            # the first of the worst, in the order of the deliveries' latest attempts
+            worst = min(outs, key=_rank) if len(outs) > 1 else outs[0]
+            reason = _reason(worst[_OUTCOME])
+            delivery_id, error_type, error_text = (
+                worst[_DELIVERY_ID], worst[_ERROR_TYPE], worst[_ERROR_TEXT]
+            )
         else:
             reason = "no_attempt"
         items.append(UndeliveredItem(
-            source="ai_run", reason=reason, at_ms=run["at_ms"], trace_id=run["trace_id"],
-            inbound_id=run["inbound_id"], channel=run["channel"], delivery_id=delivery_id,
-            attempts=sum(d.attempts for d in outs), error_type=error_type, error_text=error_text,
+            source="ai_run", reason=reason, at_ms=at_ms, trace_id=trace_id,
+            inbound_id=inbound_id, channel=channel, delivery_id=delivery_id,
+            attempts=sum(d[_ATTEMPTS] for d in outs), error_type=error_type,
+            error_text=error_text,
         ))
 
-    listed = {r["trace_id"] for r in runs}
     for e in rows(
         db,
         """SELECT e.* FROM enqueues e

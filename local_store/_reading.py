@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ __all__ = [
     "lost_enqueues",
     "outcome_of",
     "rows",
+    "trace_delivery_outcomes",
 ]
 
 # Writers that can no longer finish an attempt, passed in as a JSON array (:dead) so
@@ -49,8 +50,28 @@ def _latest_attempt(d: str, columns: str) -> str:
     """A scalar subquery: ``columns`` of delivery ``d``'s latest attempt (as ``l``)."""
     return (
         f"(SELECT {columns} FROM attempts l WHERE l.delivery_id = {d} "
-        "ORDER BY l.attempt DESC, l.started_at_ms DESC, l.id DESC LIMIT 1)"
+        f"ORDER BY {_LATEST_FIRST.format(a='l')} LIMIT 1)"
     )
+
+
+# The three parts of a delivery's outcome, each on one attempt ``a``: it delivered; it
+# failed for good (the gateway said so, or it used its last allowed attempt); and what
+# the delivery's outcome is when that attempt is its latest and neither of the others
+# happened. The unary + keeps SQLite, which has no statistics, off the status index.
+_DELIVERED = "+{a}.status = 'delivered'"
+_FAILED_FOR_GOOD = (
+    "+{a}.status = 'failed' AND ({a}.final = 1 OR {a}.attempt >= {a}.max_attempts)"
+)
+_LATEST_FIRST = "{a}.attempt DESC, {a}.started_at_ms DESC, {a}.id DESC"
+
+
+def _outcome_if_latest(a: str) -> str:
+    return f"""CASE {effective_status(a)}
+            WHEN 'failed' THEN 'pending_retry'
+            WHEN 'interrupted' THEN 'interrupted'
+            WHEN 'in_flight' THEN 'in_flight'
+            ELSE 'other'
+        END"""
 
 
 def outcome_of(d: str) -> str:
@@ -58,23 +79,16 @@ def outcome_of(d: str) -> str:
     only those in a window: ``delivered``, ``failed`` (for good), ``pending_retry``,
     ``interrupted``, ``in_flight`` or ``other``. Needs the ``dead`` CTE.
 
-    A failure is final when the gateway said so, or when it used its last allowed
-    attempt. Each test is an index lookup by delivery id; the unary + stops SQLite,
-    which has no statistics, from choosing the status index and reading every row of
-    that status per delivery.
+    Each test is an index lookup by delivery id. :func:`delivery_outcomes` judges the
+    same way from one read of each delivery's attempts.
     """
     return _latest_attempt(d, f"""CASE
         WHEN EXISTS (SELECT 1 FROM attempts x WHERE x.delivery_id = l.delivery_id
-                     AND +x.status = 'delivered') THEN 'delivered'
+                     AND {_DELIVERED.format(a='x')}) THEN 'delivered'
         WHEN EXISTS (SELECT 1 FROM attempts x WHERE x.delivery_id = l.delivery_id
-                     AND +x.status = 'failed' AND (x.final = 1 OR x.attempt >= x.max_attempts))
+                     AND {_FAILED_FOR_GOOD.format(a='x')})
             THEN 'failed'
-        ELSE CASE {effective_status("l")}
-            WHEN 'failed' THEN 'pending_retry'
-            WHEN 'interrupted' THEN 'interrupted'
-            WHEN 'in_flight' THEN 'in_flight'
-            ELSE 'other'
-        END
+        ELSE {_outcome_if_latest("l")}
     END""")
 
 
@@ -126,33 +140,111 @@ class DeliveryOutcome:
     failure_class: str | None
 
 
+# What the judging needs of each attempt ``a``; _judge reads the columns by position.
+_ATTEMPT_FACTS = f"""a.delivery_id, {_outcome_if_latest("a")}, a.attempt, {effective_status("a")},
+    {_DELIVERED.format(a="a")}, ({_FAILED_FOR_GOOD.format(a="a")}), a.channel, a.trace_id,
+    a.error_type, a.error_text, a.failure_class, a.started_at_ms"""
+_DELIVERY_ID, _IF_LATEST, _ATTEMPT, _DELIVERED_COL, _FAILED_COL, _STARTED = 0, 1, 2, 4, 5, 11
+
+
+def _judge(found: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """One :class:`DeliveryOutcome`'s fields per delivery, from :data:`_ATTEMPT_FACTS`
+    rows grouped by delivery with its latest attempt first, in the order
+    :func:`delivery_outcomes` promises.
+
+    SQLite did every comparison (the order, the tests); this only combines them the
+    way :func:`outcome_of` does.
+    """
+    judged: list[tuple[Any, ...]] = []
+    latest: Sequence[Any] | None = None
+    n = 0
+    delivered = failed = False
+    delivered_attempt = None
+
+    def close(last: Sequence[Any]) -> None:
+        outcome = "delivered" if delivered else "failed" if failed else last[_IF_LATEST]
+        judged.append((
+            last[_DELIVERY_ID], outcome, n, last[_ATTEMPT], last[3],
+            delivered_attempt, *last[6:12],
+        ))
+
+    for row in found:
+        if latest is None or row[_DELIVERY_ID] != latest[_DELIVERY_ID]:
+            if latest is not None:
+                close(latest)
+            latest, n, delivered, failed, delivered_attempt = row, 0, False, False, None
+        n += 1
+        if row[_DELIVERED_COL]:
+            # latest first, so the last one seen is the earliest
+            delivered, delivered_attempt = True, row[_ATTEMPT]
+        elif row[_FAILED_COL]:
+            failed = True
+    if latest is not None:
+        close(latest)
+    try:
+        judged.sort(key=lambda d: (d[_STARTED], d[_DELIVERY_ID]))
+    except TypeError:  # values of mixed types: order them as SQLite does
+        judged.sort(key=lambda d: (_sqlite_order(d[_STARTED]), _sqlite_order(d[_DELIVERY_ID])))
+    return [d[:_STARTED] for d in judged]
+
+
+def _sqlite_order(value: Any) -> tuple[int, Any]:
+    """A sort key that orders values of mixed types as SQLite's ORDER BY does."""
+    if value is None:
+        return (0, 0)
+    if isinstance(value, (int, float)):
+        return (1, value)
+    return (2, value) if isinstance(value, str) else (3, value)
+
+
 def delivery_outcomes(
     db: sqlite_utils.Database, targets_sql: str, params: dict[str, Any]
 ) -> list[DeliveryOutcome]:
-    """The outcome of every delivery that ``targets_sql`` selects (by delivery_id).
+    """The outcome of every delivery that ``targets_sql`` selects (by delivery_id), each
+    once, ordered by the start of its latest attempt.
 
     ``params`` holds the parameters of ``targets_sql`` and :func:`liveness_params`.
     """
-    found = rows(
-        db,
-        f"""WITH {DEAD_CTE}, targets(delivery_id) AS ({targets_sql}),
-        judged AS (
-            SELECT t.delivery_id, {outcome_of("t.delivery_id")} AS outcome,
-                   {_latest_attempt("t.delivery_id", "l.id")} AS latest_id,
-                   (SELECT COUNT(*) FROM attempts x WHERE x.delivery_id = t.delivery_id)
-                       AS attempts,
-                   (SELECT MIN(x.attempt) FROM attempts x WHERE x.delivery_id = t.delivery_id
-                    AND +x.status = 'delivered') AS delivered_attempt
-            FROM targets t
-        )
-        SELECT j.delivery_id, j.outcome, j.attempts, l.attempt AS last_attempt,
-               {effective_status("l")} AS last_status, j.delivered_attempt, l.channel,
-               l.trace_id, l.error_type, l.error_text, l.failure_class
-        FROM judged j JOIN attempts l ON l.id = j.latest_id
-        ORDER BY l.started_at_ms, j.delivery_id""",
+    found = db.execute(
+        f"""WITH {DEAD_CTE} SELECT {_ATTEMPT_FACTS} FROM attempts a
+        WHERE a.delivery_id IN ({targets_sql})
+        ORDER BY a.delivery_id, {_LATEST_FIRST.format(a="a")}""",
         params,
     )
-    return [DeliveryOutcome(**row) for row in found]
+    return [DeliveryOutcome(*d) for d in _judge(found)]
+
+
+def trace_delivery_outcomes(
+    db: sqlite_utils.Database, params: dict[str, Any]
+) -> list[tuple[Any, ...]]:
+    """:func:`delivery_outcomes` (as tuples of its fields) of every delivery with an
+    attempt in the traces :traces (a JSON array), for many traces at once.
+
+    The attempts are read once, through the trace index, with each delivery's count
+    of attempts from its own index (no row read); only a delivery with attempts in
+    other traces is read again, whole, by delivery.
+    """
+    latest_first = _LATEST_FIRST.format(a="a")
+    found = db.execute(
+        f"""WITH {DEAD_CTE} SELECT {_ATTEMPT_FACTS},
+            (SELECT COUNT(*) FROM attempts x WHERE x.delivery_id = a.delivery_id)
+        FROM attempts a WHERE a.trace_id IN (SELECT value FROM json_each(:traces))
+        ORDER BY a.delivery_id, {latest_first}""",
+        params,
+    ).fetchall()
+    seen: dict[Any, int] = {}
+    for row in found:
+        seen[row[_DELIVERY_ID]] = seen.get(row[_DELIVERY_ID], 0) + 1
+    partial = {row[_DELIVERY_ID] for row in found if row[-1] != seen[row[_DELIVERY_ID]]}
+    if partial:
+        found = [row for row in found if row[_DELIVERY_ID] not in partial]
+        for delivery_id in sorted(partial, key=_sqlite_order):
+            found += db.execute(
+                f"WITH {DEAD_CTE} SELECT {_ATTEMPT_FACTS} FROM attempts a "
+                f"WHERE a.delivery_id = :delivery_id ORDER BY {latest_first}",
+                {**params, "delivery_id": delivery_id},
+            ).fetchall()
+    return _judge(found)
 
 
 def lost_enqueues(

@@ -1,0 +1,103 @@
+"""``delivery_outcomes`` and ``trace_delivery_outcomes`` judge each delivery from one read
+of its attempts; here they are checked against the statement they replaced (one index
+probe per test per delivery, in SQL) on randomised stores: retries, deliveries whose
+attempts are in several traces, dead writers' ``started`` rows, ties in attempt number,
+and values of the wrong type written by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlite_utils
+
+from local_store import open_store
+from local_store._reading import (
+    DEAD_CTE,
+    _latest_attempt,
+    delivery_outcomes,
+    effective_status,
+    liveness_params,
+    outcome_of,
+    trace_delivery_outcomes,
+)
+from tests.test_rollups import NOW, _populate
+
+
+def _reference(
+    db: sqlite_utils.Database, targets_sql: str, params: dict[str, Any]
+) -> list[tuple[Any, ...]]:
+    """The statement delivery_outcomes ran before it read each delivery once."""
+    return db.execute(
+        f"""WITH {DEAD_CTE}, targets(delivery_id) AS ({targets_sql}),
+        judged AS (
+            SELECT t.delivery_id, {outcome_of("t.delivery_id")} AS outcome,
+                   {_latest_attempt("t.delivery_id", "l.id")} AS latest_id,
+                   (SELECT COUNT(*) FROM attempts x WHERE x.delivery_id = t.delivery_id)
+                       AS attempts,
+                   (SELECT MIN(x.attempt) FROM attempts x WHERE x.delivery_id = t.delivery_id
+                    AND +x.status = 'delivered') AS delivered_attempt
+            FROM targets t
+        )
+        SELECT j.delivery_id, j.outcome, j.attempts, l.attempt AS last_attempt,
+               {effective_status("l")} AS last_status, j.delivered_attempt, l.channel,
+               l.trace_id, l.error_type, l.error_text, l.failure_class
+        FROM judged j JOIN attempts l ON l.id = j.latest_id
+        ORDER BY l.started_at_ms, j.delivery_id""",
+        params,
+    ).fetchall()
+
+
+def _check(db: sqlite_utils.Database, rng: random.Random) -> None:
+    traces = [t for (t,) in db.execute("SELECT DISTINCT trace_id FROM attempts").fetchall()]
+    for k in (1, 3, len(traces) // 4, len(traces)):
+        chosen = sorted(rng.sample(traces, min(k, len(traces))))
+        params = {"traces": json.dumps(chosen), **liveness_params(db, NOW)}
+        targets = (
+            "SELECT DISTINCT delivery_id FROM attempts "
+            "WHERE trace_id IN (SELECT value FROM json_each(:traces))"
+        )
+        expected = _reference(db, targets, params)
+        assert [tuple(vars(d).values()) for d in delivery_outcomes(db, targets, params)] == expected
+        assert trace_delivery_outcomes(db, params) == expected
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_one_read_per_delivery_judges_as_the_probes_did(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    db = open_store(tmp_path / "d.db", create=True)
+    _populate(db, rng, deliveries=200)
+    _check(db, rng)
+
+    ids = [i for (i,) in db.execute("SELECT id FROM attempts").fetchall()]
+    # Attempts moved to other deliveries: a delivery now has attempts in other traces.
+    for i in rng.sample(ids, 25):
+        db.execute("UPDATE attempts SET delivery_id = ? WHERE id = ?",
+                   [f"d{rng.randrange(30)}", i])
+    # Ties on attempt number (the start time decides), and on both (the id does).
+    for i in rng.sample(ids, 25):
+        db.execute("UPDATE attempts SET attempt = 2 WHERE id = ?", [i])
+    for i in rng.sample(ids, 10):
+        db.execute("UPDATE attempts SET attempt = 2, started_at_ms = ? WHERE id = ?", [NOW, i])
+    db.conn.commit()
+    _check(db, rng)
+
+    # Written by hand with the wrong types: SQLite's order across types must hold.
+    for i in rng.sample(ids, 6):
+        db.execute("UPDATE attempts SET started_at_ms = 'soon', attempt = 'x' WHERE id = ?", [i])
+    for i in rng.sample(ids, 4):
+        db.execute("UPDATE attempts SET final = '1', max_attempts = 'two' WHERE id = ?", [i])
+    db.conn.commit()
+    _check(db, rng)
+    db.close()
+
+
+def test_no_traces_no_outcomes(tmp_path: Path) -> None:
+    db = open_store(tmp_path / "d.db", create=True)
+    _populate(db, random.Random(5), deliveries=20)
+    params = {"traces": "[]", **liveness_params(db, NOW)}
+    assert trace_delivery_outcomes(db, params) == []
