@@ -11,6 +11,7 @@ show them as ISO-8601 text for people typing SQL.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -19,6 +20,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from . import _rollups
+from ._journal import replay_orphans
 from .exceptions import (
     StoreCorruptError,
     StoreNotFoundError,
@@ -27,6 +29,8 @@ from .exceptions import (
 )
 
 __all__ = ["SCHEMA_VERSION", "connect", "is_damage", "open_store", "schema_version"]
+
+_log = logging.getLogger("local_store")
 
 MIGRATION_SET = "otel_delivery"
 migrations = Migrations(MIGRATION_SET)
@@ -376,6 +380,9 @@ def open_store(
     StoreUpgradeNeededError instead of being upgraded (which can take minutes on a
     large store): a gateway's caller thread opens stores that way.
 
+    Every writable open with ``upgrade=True`` first commits the rows left in the
+    journals of writers that died (see ``_journal.py``).
+
     >>> db = open_store("/tmp/deliveries.db", create=True)  # doctest: +SKIP
     >>> db["attempts"].count  # doctest: +SKIP
     0
@@ -414,6 +421,8 @@ def open_store(
                     "background writer, or by any otel-delivery command"
                 )
             _migrate(db)
+        if not readonly and upgrade:
+            _replay_journals(db, p)
     except (StoreVersionError, StoreCorruptError, StoreUpgradeNeededError):
         conn.close()
         raise
@@ -423,6 +432,16 @@ def open_store(
             raise _corrupt(p, exc) from exc
         raise
     return db
+
+
+def _replay_journals(db: sqlite_utils.Database, path: Path) -> None:
+    """Commit what dead writers left in their journals (see ``_journal.py``), so every
+    reader after a crash sees their outcomes. A busy or read-only store leaves the
+    files for the next open."""
+    try:
+        replay_orphans(db.conn, path)
+    except sqlite3.OperationalError as exc:
+        _log.warning("otel-delivery could not replay the journals of %s yet (%s)", path, exc)
 
 
 def _migrate(db: sqlite_utils.Database) -> None:

@@ -44,8 +44,18 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ._journal import Journal, replay_orphans
 from ._ratelimit import RateLimitedLog
 from ._rescue import rescue_interrupted
+from ._rows import (
+    DROP_SQL,
+    END_SQL,
+    INSERT_SQL,
+    START_BATCH_SQL,
+    START_SQL,
+    TABLE_COLUMNS,
+    attempt_params,
+)
 from ._schema import open_store
 from .exceptions import StoreCorruptError, StoreError, StoreUpgradeNeededError
 
@@ -71,69 +81,14 @@ _CHECKPOINT_INTERVAL_SECONDS = 1.0
 # our own lock let go in between, so the hot path never queues behind that wait.
 _BG_BUSY_TRY_SECONDS = 0.02
 _BG_BUSY_GIVE_UP_SECONDS = 5.0
+# How often the background thread looks for journals left by dead processes.
+_ORPHAN_CHECK_SECONDS = 30.0
+# The key under which a queued row carries the journal segment that holds it.
+_JOURNALED = "\0journal"
 
 
 class _StoreBusy(Exception):
     """Another process holds the write lock; the batch was not started."""
-
-TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "inbound_messages": (
-        "trace_id", "span_id", "inbound_id", "channel", "sender", "conversation", "status",
-        "error_type", "error_text", "received_at_ms", "ended_at_ms", "service",
-    ),
-    "ai_runs": (
-        "trace_id", "span_id", "parent_span_id", "inbound_id", "channel", "agent", "model",
-        "conversation", "status", "error_type", "error_text", "reply_produced",
-        "started_at_ms", "ended_at_ms", "duration_ms", "service",
-    ),
-    "enqueues": (
-        "trace_id", "span_id", "parent_span_id", "delivery_id", "inbound_id", "channel",
-        "recipient", "status", "error_type", "error_text", "started_at_ms", "ended_at_ms",
-        "service",
-    ),
-    "attempts": (
-        "delivery_id", "attempt", "max_attempts", "trace_id", "span_id", "parent_span_id",
-        "inbound_id", "channel", "recipient", "status", "error_type", "error_text",
-        "failure_class", "final", "started_at_ms", "ended_at_ms", "duration_ms",
-        "provider_message_id", "service", "writer_id", "retry_after_seconds",
-    ),
-}
-
-_ATTEMPT_COLS = TABLE_COLUMNS["attempts"]
-_ATTEMPT_NO = _ATTEMPT_COLS.index("attempt")
-# The attempt number, when the caller does not know it, is one more than the
-# attempts already recorded for the delivery: derived from appended rows only.
-_ATTEMPT_VALUES = ", ".join(
-    "COALESCE(?, (SELECT COALESCE(MAX(attempt), 0) + 1 FROM attempts WHERE delivery_id = ?))"
-    if c == "attempt"
-    else "?"
-    for c in _ATTEMPT_COLS
-)
-_START_SQL = (
-    f"INSERT INTO attempts ({', '.join(_ATTEMPT_COLS)}) VALUES ({_ATTEMPT_VALUES}) "
-    "ON CONFLICT(span_id) DO NOTHING RETURNING attempt"
-)
-_START_BATCH_SQL = _START_SQL.removesuffix(" RETURNING attempt")
-_OUTCOME_COLS = (
-    "status", "error_type", "error_text", "failure_class", "final", "ended_at_ms",
-    "duration_ms", "provider_message_id", "retry_after_seconds",
-)
-_END_SQL = (
-    f"INSERT INTO attempts ({', '.join(_ATTEMPT_COLS)}) VALUES ({_ATTEMPT_VALUES}) "
-    "ON CONFLICT(span_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _OUTCOME_COLS)
-)
-_INSERT_SQL = {
-    table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-    for table, cols in TABLE_COLUMNS.items()
-    if table != "attempts"
-}
-_DROP_SQL = (
-    "INSERT INTO drops (reason, count, first_at_ms, last_at_ms, last_error) "
-    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(reason) DO UPDATE SET "
-    "count = count + excluded.count, last_at_ms = excluded.last_at_ms, "
-    "last_error = COALESCE(excluded.last_error, last_error)"
-)
 
 
 def _is_row_problem(exc: BaseException) -> bool:
@@ -149,15 +104,6 @@ def _is_row_problem(exc: BaseException) -> bool:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _attempt_params(row: Mapping[str, Any]) -> list[Any]:
-    params: list[Any] = []
-    for c in _ATTEMPT_COLS:
-        params.append(row.get(c))
-        if c == "attempt":
-            params.append(row.get("delivery_id"))
-    return params
 
 
 # A queued row: built, or a function the background thread calls to build it.
@@ -242,6 +188,8 @@ class StoreWriter:
         self._bg_commits = 0  # background commits since the last checkpoint
         self._last_checkpoint = time.monotonic()
         self._upgrade_wanted = False  # the hot path found an older schema
+        self._journal = Journal(self.path)
+        self._next_orphan_check = time.monotonic() + _ORPHAN_CHECK_SECONDS
         self._hot_conn: sqlite3.Connection | None = None
         self._hot_identity: tuple[int, int] | None = None
         self._hot_open_until = 0.0  # monotonic time the hot path stays bypassed until
@@ -260,6 +208,7 @@ class StoreWriter:
         for conn in (self._hot_conn, self._bg_conn):
             if conn is not None:
                 _abandoned_connections.append(conn)
+        self._journal.forget_after_fork()
         # The parent writes what it had queued; the child starts empty.
         self._init_process_state()
 
@@ -292,6 +241,13 @@ class StoreWriter:
             self.writer_id = cur.lastrowid
             self._registered_in = identity
             conn.commit()
+            # Outcomes a dead writer left in its journal first, so that only attempts
+            # that really never ended are marked interrupted.
+            try:
+                replay_orphans(conn, self.path)
+            except sqlite3.OperationalError as exc:
+                self._log.warning("replay", "otel-delivery could not replay journals of %s "
+                                  "(%s)", self.path, exc)
             rescue_interrupted(conn)
         return conn, identity
 
@@ -371,11 +327,23 @@ class StoreWriter:
         """
         row = dict(row)
         row.setdefault("status", "started")
-        return self._sync_attempt(_START_SQL, row, returning=True)
+        return self._sync_attempt(START_SQL, row, returning=True)
 
     def end_attempt(self, row: Mapping[str, Any]) -> None:
-        """Record an attempt's outcome (or the whole row, if its start was lost)."""
-        self._sync_attempt(_END_SQL, dict(row), returning=False)
+        """Record an attempt's outcome (or the whole row, if its start was lost).
+
+        The outcome is appended to this process's journal and committed by the
+        background thread; if the journal cannot be written it is committed here.
+        """
+        row = dict(row)
+        if self._closed:
+            self.count_drop("closed")
+            return
+        if os.getpid() != self._pid:
+            self._reset_after_fork()
+        row.setdefault("service", self.service)
+        if not self._journal_and_queue("attempts:end", row):
+            self._sync_attempt(END_SQL, row, returning=False)
 
     def _sync_attempt(self, sql: str, row: dict[str, Any], *, returning: bool) -> int | None:
         if self._closed:
@@ -393,8 +361,22 @@ class StoreWriter:
                 self._log.warning("hot-unexpected", "otel-delivery hot path failed: %r", exc)
         with self._cond:
             self._totals["deferred"] = self._totals.get("deferred", 0) + 1
-        self._enqueue("attempts:start" if returning else "attempts:end", row)
+        kind = "attempts:start" if returning else "attempts:end"
+        if not self._journal_and_queue(kind, row):
+            self._enqueue(kind, row)
         return None
+
+    def _journal_and_queue(self, kind: str, row: dict[str, Any]) -> bool:
+        """Append an attempt row to the journal and queue it; False if the journal
+        could not take it (nothing is queued then)."""
+        if row.get("writer_id") is None:
+            row["writer_id"] = self.writer_id
+        segment = self._journal.append(kind, row)
+        if segment is None:
+            return False
+        row[_JOURNALED] = segment
+        self._enqueue(kind, row)
+        return True
 
     def _write_now(
         self, sql: str, row: dict[str, Any], *, returning: bool
@@ -423,7 +405,7 @@ class StoreWriter:
                 if shortened:
                     left = max(1, int((self.hot_path_timeout_seconds - waited) * 1000))
                     conn.execute(f"PRAGMA busy_timeout = {left}")
-                cur = conn.execute(sql, _attempt_params(row))
+                cur = conn.execute(sql, attempt_params(row))
                 result = cur.fetchone() if returning else None
                 conn.commit()
                 self._hot_commits += 1
@@ -461,8 +443,8 @@ class StoreWriter:
 
     def submit(self, table: str, row: Mapping[str, Any]) -> None:
         """Queue a row for the background writer. Never blocks, never raises."""
-        if table not in _INSERT_SQL:
-            raise ValueError(f"unknown table {table!r}; expected one of {sorted(_INSERT_SQL)}")
+        if table not in INSERT_SQL:
+            raise ValueError(f"unknown table {table!r}; expected one of {sorted(INSERT_SQL)}")
         if self._closed:
             self.count_drop("closed")
             return
@@ -477,8 +459,8 @@ class StoreWriter:
         ``make_row`` that raises loses its row, counted as ``unbuildable_row``.
         Never blocks, never raises (except for an unknown table, as :meth:`submit`).
         """
-        if table not in _INSERT_SQL:
-            raise ValueError(f"unknown table {table!r}; expected one of {sorted(_INSERT_SQL)}")
+        if table not in INSERT_SQL:
+            raise ValueError(f"unknown table {table!r}; expected one of {sorted(INSERT_SQL)}")
         if self._closed:
             self.count_drop("closed")
             return
@@ -490,6 +472,8 @@ class StoreWriter:
         with self._cond:
             if len(self._queue) + self._in_flight >= self.max_queue:
                 self._count_locked("queue_full", 1, None)
+                if not callable(row) and _JOURNALED in row:
+                    self._journal.done([row.pop(_JOURNALED)])
                 return
             self._queue.append((kind, row))
             if self._thread is None:
@@ -560,6 +544,7 @@ class StoreWriter:
             failing = not ok
             if ok:
                 self._maybe_checkpoint()
+                self._maybe_replay_orphans()
             with self._cond:
                 if ok:
                     self._flushed_through = target
@@ -594,6 +579,9 @@ class StoreWriter:
                             raise sqlite3.OperationalError("database is locked") from None
                         time.sleep(_BG_BUSY_TRY_SECONDS / 2)
                 self._adapt_batch(len(batch), held)
+                self._journal.done(
+                    [row.pop(_JOURNALED) for _, row in batch if _JOURNALED in row]
+                )
                 with self._cond:
                     self._in_flight = 0
                     self._bg_commits += 1
@@ -699,6 +687,22 @@ class StoreWriter:
             self._log.warning("checkpoint", "otel-delivery could not checkpoint %s (%s)",
                               self.path, exc)
 
+    def _maybe_replay_orphans(self) -> None:
+        """Now and then, commit the journals of writers that died (another worker of a
+        multi-process gateway, say); ``open_store`` does it at every open."""
+        if time.monotonic() < self._next_orphan_check:
+            return
+        self._next_orphan_check = time.monotonic() + _ORPHAN_CHECK_SECONDS
+        try:
+            conn = self._bg_connection()
+            if conn is None:
+                return
+            with self._lock:
+                replay_orphans(conn, self.path)
+        except Exception as exc:
+            self._log.warning("replay", "otel-delivery could not replay journals of %s (%s)",
+                              self.path, exc)
+
     def _write_batch(
         self,
         batch: list[tuple[str, dict[str, Any]]],
@@ -727,15 +731,15 @@ class StoreWriter:
                 by_kind = {}
             for kind, rows in by_kind.items():
                 if kind == "attempts:start":
-                    conn.executemany(_START_BATCH_SQL, [_attempt_params(r) for r in rows])
+                    conn.executemany(START_BATCH_SQL, [attempt_params(r) for r in rows])
                 elif kind == "attempts:end":
-                    conn.executemany(_END_SQL, [_attempt_params(r) for r in rows])
+                    conn.executemany(END_SQL, [attempt_params(r) for r in rows])
                 else:
                     cols = TABLE_COLUMNS[kind]
-                    conn.executemany(_INSERT_SQL[kind], [[r.get(c) for c in cols] for r in rows])
+                    conn.executemany(INSERT_SQL[kind], [[r.get(c) for c in cols] for r in rows])
             if drops:
                 conn.executemany(
-                    _DROP_SQL,
+                    DROP_SQL,
                     [(reason, *counts) for reason, counts in drops.items() if counts[0]],
                 )
             conn.execute("COMMIT")
@@ -752,10 +756,10 @@ class StoreWriter:
         for kind, rows in by_kind.items():
             for row in rows:
                 if kind.startswith("attempts:"):
-                    sql = _START_BATCH_SQL if kind == "attempts:start" else _END_SQL
-                    params: Any = _attempt_params(row)
+                    sql = START_BATCH_SQL if kind == "attempts:start" else END_SQL
+                    params: Any = attempt_params(row)
                 else:
-                    sql, params = _INSERT_SQL[kind], tuple(row.get(c) for c in TABLE_COLUMNS[kind])
+                    sql, params = INSERT_SQL[kind], tuple(row.get(c) for c in TABLE_COLUMNS[kind])
                 try:
                     conn.execute(sql, params)
                 except Exception as exc:
@@ -830,11 +834,20 @@ class StoreWriter:
             thread.join(max(0.0, min(timeout_seconds, 1.0)))
         with self._cond:
             left = len(self._queue) + self._in_flight
-        if left:
-            self._totals["lost_at_close"] = self._totals.get("lost_at_close", 0) + left
+            journaled = sum(1 for _, row in self._queue if not callable(row) and _JOURNALED in row)
+        if left - journaled:
+            self._totals["lost_at_close"] = self._totals.get("lost_at_close", 0) + left - journaled
             self._log.warning(
-                "close", "otel-delivery closed with %d rows not written to %s", left, self.path
+                "close", "otel-delivery closed with %d rows not written to %s",
+                left - journaled, self.path,
             )
+        if journaled:
+            self._totals["left_in_journal"] = self._totals.get("left_in_journal", 0) + journaled
+            self._log.warning(
+                "close", "otel-delivery closed with %d attempt rows not yet in %s; they stay "
+                "in its journal for the next writer to replay", journaled, self.path,
+            )
+        self._journal.close(keep_rows=True)
         with self._lock:
             conn = self._hot_conn
             if self._file_replaced(self._hot_identity):

@@ -107,6 +107,7 @@ def test_read_only_filesystem(small_disk: Path) -> None:
     otel = configure(store)
     try:
         burst(0, 20)
+        assert otel.force_flush(timeout_seconds=5)  # outcomes are committed in the background
         # A read-only filesystem mounted over the store's directory (the kernel will not
         # remount a filesystem read-only under files open for writing, and root ignores
         # file modes): the store path now lives on a disk that refuses every write.

@@ -2,7 +2,8 @@
 
 A child process sends a stream of deliveries (some fail and are retried) and logs,
 line by line, when each send body begins and when each decorated call has returned.
-The parent kills it at a random moment, then checks the store against the log, then
+The parent kills it at a random moment, opens the store as any command would (which
+commits the outcomes left in the dead child's journal), checks it against the log, then
 runs the child again in resume mode and checks that the retries continue the attempt
 numbers and join the original traces.
 
@@ -23,6 +24,9 @@ import time
 from pathlib import Path
 
 import pytest
+
+from local_store import open_store
+from local_store._journal import journal_files
 
 TRIALS = int(os.environ.get("OTEL_DELIVERY_STORM_TRIALS", "4"))
 
@@ -143,7 +147,8 @@ def _rows(store: Path) -> list[tuple[str, int, str, str]]:
 @pytest.mark.parametrize("variant", ["sync", "async"])
 def test_sigkill_at_random_points_loses_no_attempt(tmp_path: Path, variant: str) -> None:
     rng = random.Random(20261129)
-    totals = {"trials": 0, "attempts_checked": 0, "interrupted": 0, "resumed": 0}
+    totals = {"trials": 0, "attempts_checked": 0, "interrupted": 0, "resumed": 0,
+              "journal_rows": 0}
     for trial in range(TRIALS):
         work = tmp_path / f"{variant}-{trial}"
         work.mkdir()
@@ -160,6 +165,12 @@ def test_sigkill_at_random_points_loses_no_attempt(tmp_path: Path, variant: str)
         assert proc.returncode == -signal.SIGKILL
 
         begun, ended = _events(work)
+        # Outcomes the child had not committed yet are in its journal; any writable open
+        # (a restart, a CLI command) commits them first.
+        journals = journal_files(store)
+        totals["journal_rows"] += sum(len(p.read_bytes().splitlines()) for p in journals)
+        open_store(store).conn.close()
+        assert journal_files(store) == []
         rows = _rows(store)
         keys = [(d, a) for d, a, _, _ in rows]
         assert len(keys) == len(set(keys)), "an attempt was recorded twice"

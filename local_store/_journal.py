@@ -1,0 +1,258 @@
+"""A per-process file that keeps queued attempt rows through a SIGKILL.
+
+An attempt's outcome is not committed on the caller's thread (a SQLite commit costs
+a hundred microseconds or more). It is appended here as one JSON line, a single
+``write(2)`` to the page cache of a few microseconds, and then queued for the
+background thread, which commits it with others. A start row that had to skip the
+hot path (the store was busy, full or gone) is kept the same way. So a process
+killed between a send and the commit of its outcome leaves the outcome in its
+journal, not nowhere.
+
+Each writer appends to files named ``<store>-journal-<pid>-<token>`` beside the
+store, holding an exclusive ``flock(2)`` on each for as long as it lives; the kernel
+lets go of the lock however the process dies. A file is deleted once every row in it
+has been committed (or counted as lost), and emptied when every row it holds is
+committed. :func:`replay_orphans` commits the rows of
+files that no living process holds: ``open_store`` runs it for every writable open
+(a gateway's background writer, any CLI command, prune), so after a crash the
+outcomes are in the store before anyone reads it through us.
+
+The journal survives what SQLite's ``synchronous = NORMAL`` survives: a killed
+process, not a power cut.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import glob
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ._rows import DROP_SQL, END_SQL, START_BATCH_SQL, attempt_params
+
+__all__ = ["Journal", "JournalSegment", "journal_files", "replay_orphans"]
+
+_log = logging.getLogger("local_store")
+
+# A file stops taking rows at this size; it is deleted once its rows are committed.
+# (A file whose rows are all committed is emptied at once; this bounds it under load.)
+SEGMENT_BYTES = 1024 * 1024
+# After a failed append (read-only or full disk, store directory gone), the next try
+# waits this long: the rows meanwhile take the synchronous path.
+_RETRY_AFTER_SECONDS = 1.0
+# The kinds of row a journal holds, and the SQL that writes each.
+_SQL = {"attempts:start": START_BATCH_SQL, "attempts:end": END_SQL}
+
+
+def journal_files(store: str | os.PathLike[str]) -> list[Path]:
+    """Every journal file of the store at ``store``, live or orphaned, oldest name first."""
+    p = Path(store)
+    return sorted(Path(f) for f in glob.glob(f"{glob.escape(str(p))}-journal-*"))
+
+
+class JournalSegment:
+    """One journal file, and how many of its rows are not yet committed."""
+
+    __slots__ = ("fd", "outstanding", "path", "size")
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.size = 0
+        self.outstanding = 0
+
+
+class Journal:
+    """The journal files of one writer in one process. Thread-safe."""
+
+    def __init__(self, store: str | os.PathLike[str], segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.store = Path(store)
+        self.segment_bytes = segment_bytes
+        self._lock = threading.Lock()
+        self._current: JournalSegment | None = None
+        self._closed: list[JournalSegment] = []  # full, with rows still to commit
+        self._retry_at = 0.0
+
+    def append(self, kind: str, row: Mapping[str, Any]) -> JournalSegment | None:
+        """Write ``row`` to the journal; None if it could not be (the caller then writes
+        it some other way). Pass the returned segment to :meth:`done` once committed."""
+        if kind not in _SQL:
+            raise ValueError(f"the journal keeps attempt rows only, not {kind!r}")
+        if time.monotonic() < self._retry_at:
+            return None
+        try:
+            line = (json.dumps([kind, row], separators=(",", ":")) + "\n").encode()
+        except (TypeError, ValueError):
+            return None  # a value JSON cannot hold; SQLite will say what is wrong with it
+        with self._lock:
+            seg = self._current
+            try:
+                if seg is None or seg.size >= self.segment_bytes or _unlinked(seg.fd):
+                    seg = self._next_segment()
+                written = os.write(seg.fd, line)
+                if written != len(line):  # a full disk: the line is torn, stop using the file
+                    raise OSError(errno.ENOSPC, "short write to the journal")
+            except OSError:
+                self._retry_at = time.monotonic() + _RETRY_AFTER_SECONDS
+                if seg is not None and seg is self._current:
+                    self._retire(seg)
+                return None
+            seg.size += len(line)
+            seg.outstanding += 1
+            return seg
+
+    def done(self, segments: Iterable[JournalSegment]) -> None:
+        """The rows appended to these segments are committed (or counted as lost)."""
+        with self._lock:
+            for seg in segments:
+                seg.outstanding -= 1
+            finished = [s for s in self._closed if s.outstanding <= 0]
+            if finished:
+                self._closed = [s for s in self._closed if s.outstanding > 0]
+            cur = self._current
+            if cur is not None and cur.outstanding <= 0 and cur.size:
+                # Everything in it is committed: start it over, so a crash now replays
+                # nothing and an idle gateway keeps an empty file.
+                try:
+                    os.ftruncate(cur.fd, 0)
+                    cur.size = 0
+                except OSError:
+                    self._retire(cur)
+        for seg in finished:
+            _delete(seg)
+
+    def close(self, *, keep_rows: bool) -> None:
+        """Let go of every file: delete them, or with ``keep_rows`` leave the ones still
+        holding rows for the next writer to replay."""
+        with self._lock:
+            segments = self._closed + ([self._current] if self._current else [])
+            self._closed, self._current = [], None
+        for seg in segments:
+            if keep_rows and seg.outstanding > 0:
+                os.close(seg.fd)  # releases the lock: the file is now an orphan
+            else:
+                _delete(seg)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: close the inherited descriptors (the parent's lock and
+        files stay the parent's)."""
+        for seg in self._closed + ([self._current] if self._current else []):
+            try:
+                os.close(seg.fd)
+            except OSError:
+                pass
+        self._closed, self._current = [], None
+
+    def _next_segment(self) -> JournalSegment:
+        if self._current is not None:
+            self._retire(self._current)
+        path = Path(f"{self.store}-journal-{os.getpid()}-{secrets.token_hex(4)}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise
+        self._current = JournalSegment(path, fd)
+        return self._current
+
+    def _retire(self, seg: JournalSegment) -> None:
+        """``seg`` takes no more rows; it goes when its last row is committed."""
+        if seg is self._current:
+            self._current = None
+        if seg.outstanding > 0:
+            self._closed.append(seg)
+        else:
+            _delete(seg)
+
+
+def _unlinked(fd: int) -> bool:
+    return os.fstat(fd).st_nlink == 0
+
+
+def _delete(seg: JournalSegment) -> None:
+    try:
+        if not _unlinked(seg.fd):
+            os.unlink(seg.path)
+    except OSError:
+        pass
+    try:
+        os.close(seg.fd)
+    except OSError:
+        pass
+
+
+def replay_orphans(conn: sqlite3.Connection, store: str | os.PathLike[str]) -> int:
+    """Commit the rows of the store's journal files that no living process holds, then
+    delete the files; return how many rows were written.
+
+    Replaying twice writes the same rows (a start row already there is kept; an
+    outcome is set again to itself). A row SQLite refuses is counted in ``drops`` as
+    ``unwritable_row``; a line cut short (a full disk mid-append) is skipped, since
+    its row was written the synchronous way when the append failed. Raises
+    ``sqlite3.Error`` if the store is busy or cannot be written: the files then stay
+    for the next try.
+    """
+    written = 0
+    for path in journal_files(store):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # deleted meanwhile by its writer or another replayer
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its writer is alive
+            if _unlinked(fd):
+                continue  # another replayer finished it between our open and our lock
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read()
+            written += _apply(conn, data, path)
+            os.unlink(path)
+        finally:
+            os.close(fd)
+    return written
+
+
+def _apply(conn: sqlite3.Connection, data: bytes, path: Path) -> int:
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for line in data.splitlines():
+        try:
+            kind, row = json.loads(line)
+            if kind in _SQL and isinstance(row, dict):
+                rows.append((kind, row))
+        except (ValueError, TypeError):
+            continue
+    if not rows:
+        return 0
+    if conn.in_transaction:  # the caller's transaction is not ours to commit
+        raise sqlite3.OperationalError("replay_orphans needs a connection outside a transaction")
+    bad = 0
+    error = None
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for kind, row in rows:
+            try:
+                conn.execute(_SQL[kind], attempt_params(row))
+            except (OverflowError, sqlite3.InterfaceError, sqlite3.IntegrityError) as exc:
+                bad += 1
+                error = f"{kind}: {exc!r}"[:300]
+        if bad:
+            now = time.time_ns() // 1_000_000
+            conn.execute(DROP_SQL, ("unwritable_row", bad, now, now, error))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.rollback()
+        raise
+    _log.info("otel-delivery replayed %d rows from %s", len(rows) - bad, path.name)
+    return len(rows) - bad

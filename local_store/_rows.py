@@ -1,0 +1,89 @@
+"""The rows the store is written with: each table's columns, and the SQL for attempts.
+
+Shared by :class:`~local_store.StoreWriter` and the replay of its journal
+(``_journal.py``), so a row replayed after a crash is written exactly as the writer
+would have written it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "DROP_SQL", "END_SQL", "INSERT_SQL", "START_BATCH_SQL", "START_SQL", "TABLE_COLUMNS",
+    "attempt_params",
+]
+
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "inbound_messages": (
+        "trace_id", "span_id", "inbound_id", "channel", "sender", "conversation", "status",
+        "error_type", "error_text", "received_at_ms", "ended_at_ms", "service",
+    ),
+    "ai_runs": (
+        "trace_id", "span_id", "parent_span_id", "inbound_id", "channel", "agent", "model",
+        "conversation", "status", "error_type", "error_text", "reply_produced",
+        "started_at_ms", "ended_at_ms", "duration_ms", "service",
+    ),
+    "enqueues": (
+        "trace_id", "span_id", "parent_span_id", "delivery_id", "inbound_id", "channel",
+        "recipient", "status", "error_type", "error_text", "started_at_ms", "ended_at_ms",
+        "service",
+    ),
+    "attempts": (
+        "delivery_id", "attempt", "max_attempts", "trace_id", "span_id", "parent_span_id",
+        "inbound_id", "channel", "recipient", "status", "error_type", "error_text",
+        "failure_class", "final", "started_at_ms", "ended_at_ms", "duration_ms",
+        "provider_message_id", "service", "writer_id", "retry_after_seconds",
+    ),
+}
+
+_ATTEMPT_COLS = TABLE_COLUMNS["attempts"]
+# The attempt number, when the caller does not know it, is one more than the
+# attempts already recorded for the delivery: derived from appended rows only.
+_ATTEMPT_VALUES = ", ".join(
+    "COALESCE(?, (SELECT COALESCE(MAX(attempt), 0) + 1 FROM attempts WHERE delivery_id = ?))"
+    if c == "attempt"
+    else "?"
+    for c in _ATTEMPT_COLS
+)
+# An attempt about to send: a row that is already there (the same span) is kept.
+START_SQL = (
+    f"INSERT INTO attempts ({', '.join(_ATTEMPT_COLS)}) VALUES ({_ATTEMPT_VALUES}) "
+    "ON CONFLICT(span_id) DO NOTHING RETURNING attempt"
+)
+START_BATCH_SQL = START_SQL.removesuffix(" RETURNING attempt")
+_OUTCOME_COLS = (
+    "status", "error_type", "error_text", "failure_class", "final", "ended_at_ms",
+    "duration_ms", "provider_message_id", "retry_after_seconds",
+)
+# An attempt's outcome: fills in its start row, or writes the whole row if the start
+# was lost. Writing the same outcome twice leaves the same row.
+END_SQL = (
+    f"INSERT INTO attempts ({', '.join(_ATTEMPT_COLS)}) VALUES ({_ATTEMPT_VALUES}) "
+    "ON CONFLICT(span_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _OUTCOME_COLS)
+)
+INSERT_SQL = {
+    table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    for table, cols in TABLE_COLUMNS.items()
+    if table != "attempts"
+}
+
+# Adds n to a drop reason's count (reason, n, first_at_ms, last_at_ms, last_error).
+DROP_SQL = (
+    "INSERT INTO drops (reason, count, first_at_ms, last_at_ms, last_error) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(reason) DO UPDATE SET "
+    "count = count + excluded.count, last_at_ms = excluded.last_at_ms, "
+    "last_error = COALESCE(excluded.last_error, last_error)"
+)
+
+
+def attempt_params(row: Mapping[str, Any]) -> list[Any]:
+    """The parameters of :data:`START_SQL` and :data:`END_SQL` for ``row``."""
+    params: list[Any] = []
+    for c in _ATTEMPT_COLS:
+        params.append(row.get(c))
+        if c == "attempt":
+            params.append(row.get("delivery_id"))
+    return params

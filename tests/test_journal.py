@@ -1,0 +1,150 @@
+"""The attempt journal: outcomes survive a SIGKILL before their commit, and only then."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from local_store import StoreWriter, open_store
+from local_store._journal import Journal, journal_files, replay_orphans
+
+
+def attempt(n: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "delivery_id": f"d-{n}", "trace_id": f"{n:032x}", "span_id": f"{n:016x}",
+        "channel": "telegram", "started_at_ms": 1_000 + n, "max_attempts": 3, **extra,
+    }
+
+
+def statuses(path: Path) -> dict[str, str]:
+    with sqlite3.connect(path) as conn:
+        return dict(conn.execute("SELECT delivery_id, status FROM attempts"))
+
+
+KILLED_CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from local_store import StoreWriter
+    store, n = sys.argv[1], int(sys.argv[2])
+    # A background thread that would not commit for an hour (and fewer rows than
+    # make it checkpoint): every outcome is only in the journal when the process dies.
+    w = StoreWriter(store, flush_interval_seconds=3600)
+    w._batch_rows = 10**9
+    for i in range(n):
+        row = {"delivery_id": f"d-{i}", "trace_id": f"{i:032x}", "span_id": f"{i:016x}",
+               "channel": "telegram", "started_at_ms": 1000 + i, "max_attempts": 3}
+        assert w.start_attempt(row) == 1
+        w.end_attempt({**row, "status": "delivered" if i % 2 else "failed",
+                       "ended_at_ms": 2000 + i, "error_type": None if i % 2 else "Timeout"})
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_outcomes_of_a_killed_process_are_replayed_not_marked_interrupted(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "d.db"
+    proc = subprocess.run([sys.executable, "-c", KILLED_CHILD, str(store), "150"],
+                          capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    # The start rows were committed before each send; the outcomes never were.
+    assert set(statuses(store).values()) == {"started"}
+    [journal] = journal_files(store)
+    assert len(journal.read_bytes().splitlines()) == 150
+
+    w = StoreWriter(store)  # the restarted gateway
+    try:
+        found = statuses(store)
+        assert len(found) == 150
+        assert sum(s == "delivered" for s in found.values()) == 75
+        assert sum(s == "failed" for s in found.values()) == 75  # none "interrupted"
+        assert journal_files(store) == []
+    finally:
+        w.close()
+
+
+def test_a_live_writers_journal_is_left_alone_and_emptied_as_it_commits(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "d.db"
+    w = StoreWriter(store, flush_interval_seconds=3600)
+    try:
+        w._batch_rows = 10**9
+        w.start_attempt(attempt(1))
+        w.end_attempt({**attempt(1), "status": "delivered", "ended_at_ms": 2_000})
+        [journal] = journal_files(store)
+        # Another opener (a CLI command, prune) must not take rows a live writer holds.
+        db = open_store(store)
+        assert replay_orphans(db.conn, store) == 0
+        db.conn.close()
+        assert statuses(store) == {"d-1": "started"}
+        assert journal.stat().st_size > 0
+
+        assert w.flush()
+        assert statuses(store) == {"d-1": "delivered"}
+        assert journal.stat().st_size == 0  # committed: nothing for a replay to redo
+    finally:
+        w.close()
+    assert journal_files(store) == []  # a clean close leaves no file
+
+
+def test_without_a_journal_the_outcome_is_committed_on_the_callers_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Journal, "append", lambda self, kind, row: None)
+    w = StoreWriter(tmp_path / "d.db", flush_interval_seconds=3600)
+    try:
+        w.start_attempt(attempt(1))
+        w.end_attempt({**attempt(1), "status": "delivered", "ended_at_ms": 2_000})
+        assert statuses(w.path) == {"d-1": "delivered"}  # no flush needed
+        assert w.stats()["queued"] == 0
+    finally:
+        w.close()
+
+
+def test_replay_skips_a_torn_line_counts_a_bad_row_and_is_idempotent(tmp_path: Path) -> None:
+    store = tmp_path / "d.db"
+    db = open_store(store, create=True)
+    lines = [
+        ["attempts:start", attempt(1, status="started")],
+        ["attempts:end", attempt(1, status="delivered", ended_at_ms=2_001)],
+        ["attempts:end", attempt(2, status="failed", attempt=2**70)],  # SQLite refuses it
+        ["attempts:end", attempt(3, status="failed", final=1)],  # its start row was lost
+    ]
+    text = "".join(json.dumps(line) + "\n" for line in lines) + '["attempts:end", {"deliv'
+    orphan = Path(f"{store}-journal-999999-abcd")
+    orphan.write_text(text)
+    copy = Path(f"{store}-journal-999999-abce")
+    copy.write_text(text)  # the same rows twice, as after a replay cut short
+
+    assert replay_orphans(db.conn, store) == 6
+    assert journal_files(store) == []
+    assert statuses(store) == {"d-1": "delivered", "d-3": "failed"}
+    assert db.execute("SELECT COUNT(*) FROM attempts").fetchone()[0] == 2
+    assert db.execute("SELECT count FROM drops WHERE reason = 'unwritable_row'").fetchone() == (2,)
+    db.conn.close()
+
+
+def test_rows_the_full_queue_drops_do_not_pin_the_journal(tmp_path: Path) -> None:
+    w = StoreWriter(tmp_path / "d.db", max_queue=5, flush_interval_seconds=3600)
+    try:
+        w._batch_rows = 10**9
+        for n in range(1, 9):
+            w.start_attempt(attempt(n))
+            w.end_attempt({**attempt(n), "status": "delivered", "ended_at_ms": 2_000 + n})
+        assert w.stats()["queue_full"] == 3
+        assert w.flush()
+        [journal] = journal_files(w.path)
+        assert journal.stat().st_size == 0
+    finally:
+        w.close()
