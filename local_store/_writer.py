@@ -2,14 +2,20 @@
 
 Two paths:
 
-* **Synchronous** (:meth:`StoreWriter.start_attempt`, :meth:`StoreWriter.end_attempt`):
-  a delivery attempt's row is committed before the send runs, and its outcome when
-  the send returns, so a crash leaves an ``interrupted`` row rather than nothing.
-  The caller waits for the store lock at most ``hot_path_timeout_seconds``; if the
-  store is locked by another process, read-only, full or gone, the row goes to the
-  background queue instead (counted as ``deferred``) and the circuit stays open for
-  ``hot_path_cooldown_seconds`` so later calls do not pay the wait again. A wait that
-  times out behind this process's own background batch defers only that row.
+* **Synchronous** (:meth:`StoreWriter.start_attempt`): a delivery attempt's row is
+  committed before the send runs, so a crash leaves an ``interrupted`` row rather
+  than nothing. The caller waits for the store lock at most
+  ``hot_path_timeout_seconds``; if the store is locked by another process, read-only,
+  full or gone, the row goes to the background queue instead (counted as
+  ``deferred``) and the circuit stays open for ``hot_path_cooldown_seconds`` so later
+  calls do not pay the wait again. A wait that times out behind this process's own
+  background batch defers only that row.
+* **Journaled** (:meth:`StoreWriter.end_attempt`, and a deferred start row): the row is
+  appended to this process's journal (``_journal.py``: one ``write(2)``, a few
+  microseconds) and queued; the background thread commits it. A process killed before
+  that commit leaves the row in its journal, and the next writable open of the store
+  commits it. If the journal cannot be written, an outcome is committed synchronously
+  as a start row is.
 * **Batched** (:meth:`StoreWriter.submit`, :meth:`StoreWriter.submit_lazy`): everything
   else goes to a bounded in-memory queue that a daemon thread writes with
   ``executemany``. A lazy row is built by that thread, off the caller's. Each batch is
@@ -510,6 +516,8 @@ class StoreWriter:
         Drop reasons (``queue_full``, ``closed``, ``lost_at_close``, ``unwritable_row``,
         ``unbuildable_row``, and any the caller counts) are records lost; ``deferred``
         counts rows that skipped the hot path and went through the queue;
+        ``left_in_journal`` counts attempt rows not committed by :meth:`close` that stay
+        in the journal for the next writer to commit (not lost);
         ``write_errors`` counts failed batch writes that were kept for retry; ``queued``
         is the queue length now.
         """

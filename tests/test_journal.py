@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -83,6 +84,7 @@ def test_a_live_writers_journal_is_left_alone_and_emptied_as_it_commits(
         w.start_attempt(attempt(1))
         w.end_attempt({**attempt(1), "status": "delivered", "ended_at_ms": 2_000})
         [journal] = journal_files(store)
+        assert stat.S_IMODE(journal.stat().st_mode) == 0o600  # it holds what the store holds
         # Another opener (a CLI command, prune) must not take rows a live writer holds.
         db = open_store(store)
         assert replay_orphans(db.conn, store) == 0
