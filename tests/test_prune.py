@@ -313,3 +313,32 @@ def test_prune_rejects_bad_limits(
     with pytest.raises(InvalidArgumentError, match=message):
         prune(db, **kwargs)  # type: ignore[arg-type]
     db.close()
+
+
+def test_prune_checkpoints_itself_and_restores_the_connections_autocheckpoint(
+    builder: StoreBuilder,
+) -> None:
+    for days in (40, 41, 42):
+        builder.delivery("delivered_first", minutes_ago=days * DAY_MINUTES)
+    db = opened(builder)
+    db.execute("PRAGMA wal_autocheckpoint = 123")
+    result = prune(db, older_than_seconds=30 * DAY, keep_failed_for_seconds=90 * DAY,
+                   now_ms=builder.now_ms)
+    assert result.deleted["attempts"] == 3
+    assert db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 123
+    # Every frame the prune wrote is already in the database file.
+    busy, frames, checkpointed = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert (busy, frames) == (0, checkpointed)
+    db.close()
+
+
+def test_warming_reads_touch_every_full_index_of_the_table(builder: StoreBuilder) -> None:
+    from local_store._prune import _warming_reads
+
+    db = opened(builder)
+    reads = " ".join(_warming_reads(db, "attempts", "1"))
+    for _, index, _, _, partial in db.execute("PRAGMA index_list(attempts)").fetchall():
+        assert partial or f"INDEXED BY {index} " in reads
+    for sql in _warming_reads(db, "inbound_messages", "1"):  # plain reads that run
+        db.execute(sql, {"ids": "[1, 2]"}).fetchall()
+    db.close()
