@@ -1,12 +1,12 @@
 """A per-process file that keeps queued attempt rows through a SIGKILL.
 
-An attempt's outcome is not committed on the caller's thread (a SQLite commit costs
-a hundred microseconds or more). It is appended here as one JSON line, a single
+An attempt's rows (its start before the send, its outcome after) are not committed
+on the caller's thread: a SQLite commit costs a hundred microseconds or more, and
+may wait for the write lock. Each is appended here as one JSON line, a single
 ``write(2)`` to the page cache of a few microseconds, and then queued for the
-background thread, which commits it with others. A start row that had to skip the
-hot path (the store was busy, full or gone) is kept the same way. So a process
-killed between a send and the commit of its outcome leaves the outcome in its
-journal, not nowhere.
+background thread, which commits it with others. So a process killed mid-send, or
+between a send and the commit of its outcome, leaves its rows in its journal, not
+nowhere.
 
 Each writer appends to files named ``<store>-journal-<pid>-<token>`` beside the
 store, holding an exclusive ``flock(2)`` on each for as long as it lives; the kernel
@@ -96,7 +96,7 @@ class Journal:
         with self._lock:
             seg = self._current
             try:
-                if seg is None or seg.size >= self.segment_bytes or _unlinked(seg.fd):
+                if seg is None or seg.size >= self.segment_bytes:
                     seg = self._next_segment()
                 written = os.write(seg.fd, line)
                 if written != len(line):  # a full disk: the line is torn, stop using the file
@@ -111,7 +111,11 @@ class Journal:
             return seg
 
     def done(self, segments: Iterable[JournalSegment]) -> None:
-        """The rows appended to these segments are committed (or counted as lost)."""
+        """The rows appended to these segments are committed (or counted as lost).
+
+        Called by the background thread after each commit; that is also when a file
+        deleted from under the writer is noticed (the caller's append costs one
+        ``write(2)`` and nothing else)."""
         with self._lock:
             for seg in segments:
                 seg.outstanding -= 1
@@ -119,6 +123,11 @@ class Journal:
             if finished:
                 self._closed = [s for s in self._closed if s.outstanding > 0]
             cur = self._current
+            if cur is not None and _unlinked(cur.fd):
+                # The file was deleted under us (the store's directory went, say): rows
+                # still in it stay until committed, new ones go to a new file.
+                self._retire(cur)
+                cur = None
             if cur is not None and cur.outstanding <= 0 and cur.size:
                 # Everything in it is committed: start it over, so a crash now replays
                 # nothing and an idle gateway keeps an empty file.

@@ -1,21 +1,22 @@
 """Writing rows into the store without ever hurting the caller.
 
-Two paths:
+Three paths:
 
-* **Synchronous** (:meth:`StoreWriter.start_attempt`): a delivery attempt's row is
-  committed before the send runs, so a crash leaves an ``interrupted`` row rather
-  than nothing. The caller waits for the store lock at most
+* **Journaled** (:meth:`StoreWriter.start_attempt`, :meth:`StoreWriter.end_attempt`,
+  the default): an attempt's row is appended to this process's journal
+  (``_journal.py``: one ``write(2)`` of a JSON line, a few microseconds) before the
+  send runs, its outcome when the send returns, and both are queued; the background
+  thread commits them. A process killed before that commit leaves the rows in its
+  journal, and the next writable open of the store commits them. The caller never
+  waits for the store's write lock. A start row without a number gets one more than
+  the delivery's attempts in the store and those of this process not yet committed.
+* **Synchronous** (``journal=False``, or when the journal cannot be written): the row
+  is committed on the caller's thread. The caller waits for the store lock at most
   ``hot_path_timeout_seconds``; if the store is locked by another process, read-only,
   full or gone, the row goes to the background queue instead (counted as
   ``deferred``) and the circuit stays open for ``hot_path_cooldown_seconds`` so later
   calls do not pay the wait again. A wait that times out behind this process's own
   background batch defers only that row.
-* **Journaled** (:meth:`StoreWriter.end_attempt`, and a deferred start row): the row is
-  appended to this process's journal (``_journal.py``: one ``write(2)``, a few
-  microseconds) and queued; the background thread commits it. A process killed before
-  that commit leaves the row in its journal, and the next writable open of the store
-  commits it. If the journal cannot be written, an outcome is committed synchronously
-  as a start row is.
 * **Batched** (:meth:`StoreWriter.submit`, :meth:`StoreWriter.submit_lazy`): everything
   else goes to a bounded in-memory queue that a daemon thread writes with
   ``executemany``. A lazy row is built by that thread, off the caller's. Each batch is
@@ -62,7 +63,7 @@ from ._rows import (
     TABLE_COLUMNS,
     attempt_params,
 )
-from ._schema import open_store
+from ._schema import connect, open_store
 from .exceptions import StoreCorruptError, StoreError, StoreUpgradeNeededError
 
 __all__ = ["DEFAULT_MAX_QUEUE", "TABLE_COLUMNS", "StoreWriter"]
@@ -88,7 +89,7 @@ _CHECKPOINT_INTERVAL_SECONDS = 1.0
 _BG_BUSY_TRY_SECONDS = 0.02
 _BG_BUSY_GIVE_UP_SECONDS = 5.0
 # How often the background thread looks for journals left by dead processes.
-_ORPHAN_CHECK_SECONDS = 30.0
+_ORPHAN_CHECK_SECONDS = 1.0
 # The key under which a queued row carries the journal segment that holds it.
 _JOURNALED = "\0journal"
 
@@ -152,6 +153,7 @@ class StoreWriter:
         flush_interval_seconds: float = DEFAULT_FLUSH_INTERVAL_SECONDS,
         hot_path_timeout_seconds: float = DEFAULT_HOT_PATH_TIMEOUT_SECONDS,
         hot_path_cooldown_seconds: float = DEFAULT_HOT_PATH_COOLDOWN_SECONDS,
+        journal: bool = True,
     ) -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, got {max_queue}")
@@ -167,6 +169,7 @@ class StoreWriter:
         self.flush_interval_seconds = flush_interval_seconds
         self.hot_path_timeout_seconds = hot_path_timeout_seconds
         self.hot_path_cooldown_seconds = hot_path_cooldown_seconds
+        self.journal = journal
         self.writer_id: int | None = None
         self._log = RateLimitedLog(_log)
         self._closed = False
@@ -195,6 +198,12 @@ class StoreWriter:
         self._last_checkpoint = time.monotonic()
         self._upgrade_wanted = False  # the hot path found an older schema
         self._journal = Journal(self.path)
+        # Attempt numbers handed out for rows not yet committed, by delivery, and the
+        # connection that reads the committed ones (both under _number_lock).
+        self._number_lock = threading.Lock()
+        self._pending_numbers: dict[str, int] = {}
+        self._read_conn: sqlite3.Connection | None = None
+        self._read_identity: tuple[int, int] | None = None
         self._next_orphan_check = time.monotonic() + _ORPHAN_CHECK_SECONDS
         self._hot_conn: sqlite3.Connection | None = None
         self._hot_identity: tuple[int, int] | None = None
@@ -211,7 +220,7 @@ class StoreWriter:
         self.writer_id = None
 
     def _reset_after_fork(self) -> None:
-        for conn in (self._hot_conn, self._bg_conn):
+        for conn in (self._hot_conn, self._bg_conn, self._read_conn):
             if conn is not None:
                 _abandoned_connections.append(conn)
         self._journal.forget_after_fork()
@@ -326,20 +335,96 @@ class StoreWriter:
     # -- synchronous attempt rows --------------------------------------------------
 
     def start_attempt(self, row: Mapping[str, Any]) -> int | None:
-        """Commit the row of an attempt that is about to send; return its number.
+        """Record the row of an attempt that is about to send; return its number.
 
-        Returns None when the row had to be deferred to the background queue (the
-        number is then derived when it is written).
+        The row is in the journal (or, with ``journal=False`` or a journal that cannot
+        be written, committed) when this returns. A row without an ``attempt`` number
+        gets one more than the delivery's attempts so far: those in the store and
+        those of this process not yet committed. Returns None when the number could
+        not be known now (the store is unavailable); it is then derived when the row
+        is written.
         """
         row = dict(row)
         row.setdefault("status", "started")
+        if self.journal and not self._closed:
+            if os.getpid() != self._pid:
+                self._reset_after_fork()
+            row.setdefault("service", self.service)
+            with self._number_lock:
+                if self._journal_start(row):
+                    number = row.get("attempt")
+                    return number if isinstance(number, int) else None
         return self._sync_attempt(START_SQL, row, returning=True)
+
+    def _journal_start(self, row: dict[str, Any]) -> bool:
+        """Number ``row`` if need be and journal it (holding ``_number_lock``)."""
+        found = row.get("delivery_id")
+        delivery_id = found if isinstance(found, str) else None
+        if row.get("attempt") is None and delivery_id is not None:
+            row["attempt"] = self._next_number(delivery_id)
+        number = row.get("attempt")
+        tracked: str | None = None  # the delivery whose pending number this row raised
+        before = None
+        if delivery_id is not None and isinstance(number, int):
+            before = self._pending_numbers.get(delivery_id)
+            if number > (before or 0):
+                self._pending_numbers[delivery_id] = number
+                tracked = delivery_id
+        if self._journal_and_queue("attempts:start", row):
+            return True
+        if tracked is not None:  # not journaled: the synchronous path numbers it
+            if before is None:
+                del self._pending_numbers[tracked]
+            else:
+                self._pending_numbers[tracked] = before
+        return False
+
+    def _next_number(self, delivery_id: str) -> int | None:
+        """One more than the delivery's highest attempt, committed or pending here."""
+        # Pending first: a row committed (and forgotten here) between the two reads is
+        # then seen by the read of the store.
+        pending = self._pending_numbers.get(delivery_id, 0)
+        try:
+            conn = self._read_connection()
+            (stored,) = conn.execute(
+                "SELECT COALESCE(MAX(attempt), 0) FROM attempts WHERE delivery_id = ?",
+                (delivery_id,),
+            ).fetchone()
+        except Exception as exc:
+            self._log.warning("read", "otel-delivery cannot read attempt numbers from %s "
+                              "(%s)", self.path, exc)
+            self._close_read()
+            return None
+        return max(pending, int(stored)) + 1
+
+    def _read_connection(self) -> sqlite3.Connection:
+        if self._read_conn is not None and self._file_replaced(self._read_identity):
+            self._close_read()
+        if self._read_conn is None:
+            st = os.stat(self.path)
+            self._read_conn = connect(self.path, busy_timeout_seconds=self.hot_path_timeout_seconds)
+            self._read_identity = (st.st_dev, st.st_ino)
+        return self._read_conn
+
+    def _close_read(self) -> None:
+        conn, self._read_conn = self._read_conn, None
+        self._release(conn, self._read_identity)
+
+    def _forget_numbers(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        """Committed start rows: their numbers are now read from the store."""
+        with self._number_lock:
+            for kind, row in batch:
+                delivery_id = row.get("delivery_id")
+                if (kind == "attempts:start" and isinstance(delivery_id, str)
+                        and row.get("attempt") is not None
+                        and self._pending_numbers.get(delivery_id) == row.get("attempt")):
+                    del self._pending_numbers[delivery_id]
 
     def end_attempt(self, row: Mapping[str, Any]) -> None:
         """Record an attempt's outcome (or the whole row, if its start was lost).
 
-        The outcome is appended to this process's journal and committed by the
-        background thread; if the journal cannot be written it is committed here.
+        Like :meth:`start_attempt`: journaled and committed by the background thread,
+        or committed here with ``journal=False`` or when the journal cannot be written.
         """
         row = dict(row)
         if self._closed:
@@ -480,6 +565,12 @@ class StoreWriter:
                 self._count_locked("queue_full", 1, None)
                 if not callable(row) and _JOURNALED in row:
                     self._journal.done([row.pop(_JOURNALED)])
+                    delivery_id = row.get("delivery_id")
+                    if kind == "attempts:start" and isinstance(delivery_id, str):
+                        # the caller holds _number_lock: the number goes back unused
+                        number = self._pending_numbers.get(delivery_id)
+                        if number is not None and number == row.get("attempt"):
+                            del self._pending_numbers[delivery_id]
                 return
             self._queue.append((kind, row))
             if self._thread is None:
@@ -590,6 +681,7 @@ class StoreWriter:
                 self._journal.done(
                     [row.pop(_JOURNALED) for _, row in batch if _JOURNALED in row]
                 )
+                self._forget_numbers(batch)
                 with self._cond:
                     self._in_flight = 0
                     self._bg_commits += 1
@@ -877,6 +969,8 @@ class StoreWriter:
                     pass
             self._release(self._hot_conn, self._hot_identity)
             self._release(self._bg_conn, self._bg_identity)
+            with self._number_lock:
+                self._close_read()
             self._hot_conn = None
             self._bg_conn = None
         return ok and left == 0

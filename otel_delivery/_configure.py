@@ -271,6 +271,7 @@ def configure(
     error_text_limit: int = ERROR_TEXT_LIMIT,
     max_queue: int | None = None,
     hot_path_timeout_seconds: float | None = None,
+    journal: bool = True,
     shutdown_timeout_seconds: float = _DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
 ) -> Instrumentation:
     """Set up tracing for the decorators and the local store; return the handle.
@@ -286,6 +287,10 @@ def configure(
       and set globally. ``OTEL_SDK_DISABLED=true`` turns everything off.
     * ``pseudonymize_key`` (or ``$OTEL_DELIVERY_PSEUDONYM_KEY``): recipients and
       senders are replaced by a keyed hash on spans and in the store.
+    * ``journal``: attempt rows go to a per-process journal file on the caller's
+      thread and are committed in the background (see ``local_store._journal``);
+      ``False`` commits them on the caller's thread, so they are in the store when
+      the call returns, at the price of a commit (or two) per send.
 
     Calling it again replaces the previous configuration. Flushes at interpreter exit.
 
@@ -334,7 +339,8 @@ def configure(
                 if hot_path_timeout_seconds is not None:
                     writer_kwargs["hot_path_timeout_seconds"] = hot_path_timeout_seconds
                 writer = StoreWriter(
-                    store_path, service=str(service) if service else None, **writer_kwargs
+                    store_path, service=str(service) if service else None, journal=journal,
+                    **writer_kwargs,
                 )
                 counters.sink = lambda reason, n, err: writer.count_drop(reason, n, error=err)
                 processors.append(_Switchable(StoreSpanProcessor(writer, counters)))

@@ -79,6 +79,7 @@ def test_configure_twice_replaces_the_first(tmp_path: Path) -> None:
         assert count(tmp_path / "a.db", "attempts") == 0
         first.handle.shutdown()  # an old handle's shutdown must not undo the new one
         send()
+        second.flush()
         assert count(tmp_path / "b.db", "attempts") == 2
     finally:
         second.handle.shutdown()

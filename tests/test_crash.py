@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 import otel_delivery
-from local_store import StoreWriter
+from local_store import StoreWriter, open_store
+from local_store._journal import journal_files
 from local_store._rescue import dead_writer_ids
 from otel_delivery import arg
 
@@ -70,9 +71,15 @@ def test_sigkill_mid_send_leaves_an_interrupted_row_and_retry_continues(tmp_path
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
 
+    # The attempt row was in the journal before the send ran; any writable open of the
+    # store (a restarted gateway, a CLI command) commits it.
+    [journal] = journal_files(store)
+    assert b'"dlv-crash"' in journal.read_bytes()
+    open_store(store).conn.close()
+    assert journal_files(store) == []
     conn = sqlite3.connect(store)
     rows = conn.execute("SELECT delivery_id, attempt, status FROM attempts").fetchall()
-    assert rows == [("dlv-crash", 1, "started")]  # committed before the send ran
+    assert rows == [("dlv-crash", 1, "started")]
     assert len(dead_writer_ids(conn)) == 1  # ... and its process is known to be gone
     conn.close()
 

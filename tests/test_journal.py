@@ -1,4 +1,4 @@
-"""The attempt journal: outcomes survive a SIGKILL before their commit, and only then."""
+"""The attempt journal: rows survive a SIGKILL before their commit, numbers stay in order."""
 
 from __future__ import annotations
 
@@ -35,17 +35,18 @@ KILLED_CHILD = textwrap.dedent(
     import os, signal, sys
     from local_store import StoreWriter
     store, n = sys.argv[1], int(sys.argv[2])
-    # A background thread that would not commit for an hour (and fewer rows than
-    # make it checkpoint): every outcome is only in the journal when the process dies.
+    # A background thread that would not commit for an hour: every row is only in
+    # the journal when the process dies, the last attempt mid-send.
     w = StoreWriter(store, flush_interval_seconds=3600)
     w._batch_rows = 10**9
-    for i in range(n):
+    for i in range(n + 1):
         row = {"delivery_id": f"d-{i}", "trace_id": f"{i:032x}", "span_id": f"{i:016x}",
                "channel": "telegram", "started_at_ms": 1000 + i, "max_attempts": 3}
         assert w.start_attempt(row) == 1
+        if i == n:
+            os.kill(os.getpid(), signal.SIGKILL)
         w.end_attempt({**row, "status": "delivered" if i % 2 else "failed",
                        "ended_at_ms": 2000 + i, "error_type": None if i % 2 else "Timeout"})
-    os.kill(os.getpid(), signal.SIGKILL)
     """
 )
 
@@ -58,18 +59,21 @@ def test_outcomes_of_a_killed_process_are_replayed_not_marked_interrupted(
     proc = subprocess.run([sys.executable, "-c", KILLED_CHILD, str(store), "150"],
                           capture_output=True, timeout=60)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
-    # The start rows were committed before each send; the outcomes never were.
-    assert set(statuses(store).values()) == {"started"}
+    # Nothing was committed; every start and every outcome is in the journal.
+    assert statuses(store) == {}
     [journal] = journal_files(store)
-    assert len(journal.read_bytes().splitlines()) == 150
+    assert len(journal.read_bytes().splitlines()) == 2 * 150 + 1
 
     w = StoreWriter(store)  # the restarted gateway
     try:
         found = statuses(store)
-        assert len(found) == 150
+        assert len(found) == 151
         assert sum(s == "delivered" for s in found.values()) == 75
-        assert sum(s == "failed" for s in found.values()) == 75  # none "interrupted"
+        assert sum(s == "failed" for s in found.values()) == 75
+        assert found["d-150"] == "interrupted"  # only the one cut off mid-send
         assert journal_files(store) == []
+        # A retry after the restart continues the numbering.
+        assert w.start_attempt({**attempt(150), "span_id": "f" * 16}) == 2
     finally:
         w.close()
 
@@ -89,7 +93,7 @@ def test_a_live_writers_journal_is_left_alone_and_emptied_as_it_commits(
         db = open_store(store)
         assert replay_orphans(db.conn, store) == 0
         db.conn.close()
-        assert statuses(store) == {"d-1": "started"}
+        assert statuses(store) == {}
         assert journal.stat().st_size > 0
 
         assert w.flush()
@@ -144,9 +148,34 @@ def test_rows_the_full_queue_drops_do_not_pin_the_journal(tmp_path: Path) -> Non
         for n in range(1, 9):
             w.start_attempt(attempt(n))
             w.end_attempt({**attempt(n), "status": "delivered", "ended_at_ms": 2_000 + n})
-        assert w.stats()["queue_full"] == 3
+        assert w.stats()["queue_full"] == 2 * 8 - 5
         assert w.flush()
         [journal] = journal_files(w.path)
         assert journal.stat().st_size == 0
     finally:
         w.close()
+
+
+def test_attempt_numbers_count_rows_not_yet_committed(tmp_path: Path) -> None:
+    store = tmp_path / "d.db"
+    w = StoreWriter(store, flush_interval_seconds=3600)
+    try:
+        w._batch_rows = 10**9
+        numbers = []
+        for n in range(3):
+            row = {**attempt(1), "span_id": f"{n:016x}"}
+            numbers.append(w.start_attempt(row))
+            w.end_attempt({**row, "attempt": numbers[-1], "status": "failed", "ended_at_ms": 2})
+        assert numbers == [1, 2, 3]
+        assert statuses(store) == {}  # all three still pending
+        assert w.flush()
+        # Committed: the next number now comes from the store.
+        assert w.start_attempt({**attempt(1), "span_id": "e" * 16}) == 4
+        assert w._pending_numbers == {"d-1": 4}
+        assert w.flush()
+        assert w._pending_numbers == {}
+    finally:
+        w.close()
+    with sqlite3.connect(store) as conn:
+        assert [n for (n,) in conn.execute(
+            "SELECT attempt FROM attempts ORDER BY started_at_ms, id")] == [1, 2, 3, 4]

@@ -98,6 +98,7 @@ def test_forked_workers_write_their_own_rows(tmp_path: Path) -> None:
             c.join(timeout=60)
             assert c.exitcode == 0
         parent_send()  # and keeps using them after
+        t.flush()
         conn = sqlite3.connect(store)
         by_child = conn.execute(
             "SELECT COUNT(*) FROM inbound_messages GROUP BY substr(inbound_id, 1, "

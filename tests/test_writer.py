@@ -22,6 +22,14 @@ def writer(tmp_path: Path) -> Iterator[StoreWriter]:
     w.close()
 
 
+@pytest.fixture
+def sync_writer(tmp_path: Path) -> Iterator[StoreWriter]:
+    """Attempt rows committed on the caller's thread (no journal): the hot path's lock."""
+    w = StoreWriter(tmp_path / "store.db", service="test", journal=False)
+    yield w
+    w.close()
+
+
 def attempt(n: int) -> dict[str, Any]:
     return {
         "delivery_id": f"d-{n}", "trace_id": f"{n:032x}", "span_id": f"{n:016x}",
@@ -88,8 +96,9 @@ def _hold_lock(writer: StoreWriter, seconds: float, *, as_background: bool) -> t
 
 
 def test_a_long_batch_of_our_own_defers_one_row_not_the_next_second(
-    writer: StoreWriter,
+    sync_writer: StoreWriter,
 ) -> None:
+    writer = sync_writer
     # Longer than the 50 ms hot-path bound, far shorter than "stuck".
     holder = _hold_lock(writer, 0.12, as_background=True)
     assert writer.start_attempt(attempt(1)) is None  # waited 50 ms, then deferred
@@ -99,7 +108,10 @@ def test_a_long_batch_of_our_own_defers_one_row_not_the_next_second(
     assert writer.stats()["deferred"] == 1
 
 
-def test_a_background_thread_stuck_on_the_store_opens_the_circuit(writer: StoreWriter) -> None:
+def test_a_background_thread_stuck_on_the_store_opens_the_circuit(
+    sync_writer: StoreWriter,
+) -> None:
+    writer = sync_writer
     # The background thread has held the lock for 300 ms when the call gives up:
     # it is waiting on another process, so later calls skip the wait for a while.
     holder = _hold_lock(writer, 0.35, as_background=True)
@@ -125,7 +137,8 @@ def test_batches_shrink_to_their_lock_time_and_grow_back(writer: StoreWriter) ->
     assert writer._batch_rows == W._BATCH_SIZE
 
 
-def test_commits_on_the_callers_thread_never_checkpoint(writer: StoreWriter) -> None:
+def test_commits_on_the_callers_thread_never_checkpoint(sync_writer: StoreWriter) -> None:
+    writer = sync_writer
     writer.start_attempt(attempt(1))
     conn = writer._hot_conn
     assert conn is not None
@@ -133,8 +146,9 @@ def test_commits_on_the_callers_thread_never_checkpoint(writer: StoreWriter) -> 
 
 
 def test_the_background_thread_checkpoints_a_hot_path_only_writer(
-    writer: StoreWriter,
+    sync_writer: StoreWriter,
 ) -> None:
+    writer = sync_writer
     wal = Path(f"{writer.path}-wal")
     sizes = []
     for n in range(1, 2_001):
@@ -177,8 +191,9 @@ def test_waiting_on_another_process_does_not_hold_our_lock(writer: StoreWriter) 
     assert not writer.stats().get("write_errors")
 
 
+@pytest.mark.parametrize("journal", [True, False])
 def test_the_callers_thread_never_upgrades_an_older_store(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, journal: bool
 ) -> None:
     from local_store import _schema
 
@@ -199,10 +214,10 @@ def test_the_callers_thread_never_upgrades_an_older_store(
 
     monkeypatch.setattr(_schema, "_migrate", migrate)
 
-    w = StoreWriter(path, service="new", hot_path_cooldown_seconds=0.0)
+    w = StoreWriter(path, service="new", hot_path_cooldown_seconds=0.0, journal=journal)
     try:
-        # Deferred, not upgraded on the caller's thread...
-        assert w.start_attempt(attempt(2)) is None
+        # Journaled, or deferred without a number, not upgraded on the caller's thread...
+        assert w.start_attempt(attempt(2)) == (1 if journal else None)
         assert w.flush()
         assert upgraded_on == ["otel-delivery-store-writer"]
         # ...and once the background thread has upgraded it, the hot path is back.

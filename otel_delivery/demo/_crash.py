@@ -3,9 +3,10 @@
 The demo cannot kill itself and still print its report, so the process that dies
 is a child (``_crash_child``). It configures ``otel_delivery`` on the same store,
 loads the entry from the persisted queue file and starts the same decorated send;
-the parent kills it once the send is under way. The attempt row committed before
-the send is all that is left of it, and the entry stays in the queue file for the
-restarted queue.
+the parent kills it once the send is under way. The attempt row written to the
+child's journal before the send is all that is left of it (committed by the next
+writable open of the store, as a restarted gateway's), and the entry stays in the
+queue file for the restarted queue.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from .exceptions import DemoError
 
 __all__ = ["COMMITTED", "CrashError", "kill_mid_send"]
 
-#: What the child writes to its marker once its attempt row is on disk.
+#: What the child writes to its marker once its attempt row is on disk (in the store,
+#: or in its journal).
 COMMITTED = "committed"
 
 

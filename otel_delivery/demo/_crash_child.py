@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import sys
@@ -28,8 +29,9 @@ class _SendThatHangs:
         self.marker = marker
 
     async def send_message(self, recipient: str, text: str, *, client_ref: str) -> SentMessage:
-        # Say whether the attempt row really is on disk, so the parent knows what the
-        # kill will leave behind rather than assuming it.
+        # Say whether the attempt row really is on disk, in the store or in this
+        # process's journal, so the parent knows what the kill will leave behind
+        # rather than assuming it.
         conn = sqlite3.connect(self.store)
         try:
             row = conn.execute(
@@ -38,8 +40,12 @@ class _SendThatHangs:
             ).fetchone()
         finally:
             conn.close()
+        journaled = any(
+            json.dumps(client_ref) in path.read_text(encoding="utf-8")
+            for path in self.store.parent.glob(f"{self.store.name}-journal-{os.getpid()}-*")
+        )
         tmp = self.marker.with_name(self.marker.name + ".tmp")
-        tmp.write_text(COMMITTED if row else "missing", encoding="utf-8")
+        tmp.write_text(COMMITTED if row or journaled else "missing", encoding="utf-8")
         os.replace(tmp, self.marker)
         await asyncio.sleep(3600)
         raise TimeoutError("unreachable: the parent kills this process first")

@@ -15,6 +15,7 @@ from typing import TextIO
 from opentelemetry.sdk.trace import TracerProvider
 
 import otel_delivery
+from local_store import open_store
 
 from ._crash import kill_mid_send
 from ._result import DemoCounts, DemoResult
@@ -132,6 +133,9 @@ async def _play(
         )
         if committed:
             gateway.stats.attempts[(crash.channel, "interrupted")] += 1
+        # The restarted sender first commits what the dead one left in its journal, as
+        # a restarted gateway does when it opens the store (any writable open does).
+        open_store(store).conn.close()
 
         # The restart: a new queue instance reloads what the file still holds, and
         # the retries carry the trace context saved with each entry.
