@@ -204,6 +204,7 @@ class StoreWriter:
         self._pending_numbers: dict[str, int] = {}
         self._read_conn: sqlite3.Connection | None = None
         self._read_identity: tuple[int, int] | None = None
+        self._read_checked = 0.0  # monotonic time the read connection's file was checked
         self._next_orphan_check = time.monotonic() + _ORPHAN_CHECK_SECONDS
         self._hot_conn: sqlite3.Connection | None = None
         self._hot_identity: tuple[int, int] | None = None
@@ -398,12 +399,18 @@ class StoreWriter:
         return max(pending, int(stored)) + 1
 
     def _read_connection(self) -> sqlite3.Connection:
-        if self._read_conn is not None and self._file_replaced(self._read_identity):
-            self._close_read()
+        # Whether the store file was replaced is checked once a second, not per read:
+        # a stale number in that second is the worst it can do (nothing is written here).
+        now = time.monotonic()
+        if self._read_conn is not None and now >= self._read_checked + 1.0:
+            self._read_checked = now
+            if self._file_replaced(self._read_identity):
+                self._close_read()
         if self._read_conn is None:
             st = os.stat(self.path)
             self._read_conn = connect(self.path, busy_timeout_seconds=self.hot_path_timeout_seconds)
             self._read_identity = (st.st_dev, st.st_ino)
+            self._read_checked = now
         return self._read_conn
 
     def _close_read(self) -> None:
