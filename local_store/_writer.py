@@ -371,14 +371,15 @@ class StoreWriter:
             if number > (before or 0):
                 self._pending_numbers[delivery_id] = number
                 tracked = delivery_id
-        if self._journal_and_queue("attempts:start", row):
-            return True
-        if tracked is not None:  # not journaled: the synchronous path numbers it
+        queued = self._journal_and_queue("attempts:start", row)
+        if queued is not True and tracked is not None:
+            # Not journaled (the synchronous path numbers it), or dropped: the number
+            # goes back unused.
             if before is None:
                 del self._pending_numbers[tracked]
             else:
                 self._pending_numbers[tracked] = before
-        return False
+        return queued is not None
 
     def _next_number(self, delivery_id: str) -> int | None:
         """One more than the delivery's highest attempt, committed or pending here."""
@@ -440,7 +441,7 @@ class StoreWriter:
         if os.getpid() != self._pid:
             self._reset_after_fork()
         row.setdefault("service", self.service)
-        if not self._journal_and_queue("attempts:end", row):
+        if self._journal_and_queue("attempts:end", row) is None:
             self._sync_attempt(END_SQL, row, returning=False)
 
     def _sync_attempt(self, sql: str, row: dict[str, Any], *, returning: bool) -> int | None:
@@ -460,21 +461,23 @@ class StoreWriter:
         with self._cond:
             self._totals["deferred"] = self._totals.get("deferred", 0) + 1
         kind = "attempts:start" if returning else "attempts:end"
-        if not self._journal_and_queue(kind, row):
+        if self._journal_and_queue(kind, row) is None:
             self._enqueue(kind, row)
         return None
 
-    def _journal_and_queue(self, kind: str, row: dict[str, Any]) -> bool:
-        """Append an attempt row to the journal and queue it; False if the journal
-        could not take it (nothing is queued then)."""
+    def _journal_and_queue(self, kind: str, row: dict[str, Any]) -> bool | None:
+        """Append an attempt row to the journal and queue it: True when queued, False
+        when the full queue dropped it, None when there is no journal to take it (with
+        ``journal=False``, or it cannot be written; nothing is queued then)."""
+        if not self.journal:
+            return None
         if row.get("writer_id") is None:
             row["writer_id"] = self.writer_id
         segment = self._journal.append(kind, row)
         if segment is None:
-            return False
+            return None
         row[_JOURNALED] = segment
-        self._enqueue(kind, row)
-        return True
+        return self._enqueue(kind, row)
 
     def _write_now(
         self, sql: str, row: dict[str, Any], *, returning: bool
@@ -564,7 +567,8 @@ class StoreWriter:
             return
         self._enqueue(table, make_row)
 
-    def _enqueue(self, kind: str, row: _Row) -> None:
+    def _enqueue(self, kind: str, row: _Row) -> bool:
+        """Queue ``row``; False when the queue is full (the row is counted as dropped)."""
         if os.getpid() != self._pid:
             self._reset_after_fork()
         with self._cond:
@@ -572,18 +576,13 @@ class StoreWriter:
                 self._count_locked("queue_full", 1, None)
                 if not callable(row) and _JOURNALED in row:
                     self._journal.done([row.pop(_JOURNALED)])
-                    delivery_id = row.get("delivery_id")
-                    if kind == "attempts:start" and isinstance(delivery_id, str):
-                        # the caller holds _number_lock: the number goes back unused
-                        number = self._pending_numbers.get(delivery_id)
-                        if number is not None and number == row.get("attempt"):
-                            del self._pending_numbers[delivery_id]
-                return
+                return False
             self._queue.append((kind, row))
             if self._thread is None:
                 self._start_thread()
             elif len(self._queue) >= self._batch_rows:
                 self._cond.notify()
+            return True
 
     def count_drop(self, reason: str, n: int = 1, *, error: str | None = None) -> None:
         """Count ``n`` records lost for ``reason`` (with the latest error text, if any).

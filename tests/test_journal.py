@@ -104,16 +104,21 @@ def test_a_live_writers_journal_is_left_alone_and_emptied_as_it_commits(
     assert journal_files(store) == []  # a clean close leaves no file
 
 
-def test_without_a_journal_the_outcome_is_committed_on_the_callers_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("how", ["journal=False", "journal unwritable"])
+def test_without_a_journal_rows_are_committed_on_the_callers_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    monkeypatch.setattr(Journal, "append", lambda self, kind, row: None)
-    w = StoreWriter(tmp_path / "d.db", flush_interval_seconds=3600)
+    if how == "journal unwritable":
+        monkeypatch.setattr(Journal, "append", lambda self, kind, row: None)
+    w = StoreWriter(tmp_path / "d.db", flush_interval_seconds=3600,
+                    journal=how != "journal=False")
     try:
-        w.start_attempt(attempt(1))
+        assert w.start_attempt(attempt(1)) == 1
+        assert statuses(w.path) == {"d-1": "started"}  # no flush needed
         w.end_attempt({**attempt(1), "status": "delivered", "ended_at_ms": 2_000})
-        assert statuses(w.path) == {"d-1": "delivered"}  # no flush needed
+        assert statuses(w.path) == {"d-1": "delivered"}
         assert w.stats()["queued"] == 0
+        assert journal_files(w.path) == []
     finally:
         w.close()
 
@@ -152,6 +157,7 @@ def test_rows_the_full_queue_drops_do_not_pin_the_journal(tmp_path: Path) -> Non
         assert w.flush()
         [journal] = journal_files(w.path)
         assert journal.stat().st_size == 0
+        assert w._pending_numbers == {}  # nor keep the numbers of dropped starts
     finally:
         w.close()
 
