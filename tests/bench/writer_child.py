@@ -1,9 +1,11 @@
 """Measure 5's writer: a process making delivery attempts at a steady pace.
 
-Each attempt is ``StoreWriter.start_attempt`` then ``end_attempt`` (the two synchronous
-commits the ``@deliver`` hot path makes); both call latencies are recorded with the
-system-wide monotonic clock, so the parent can split them into "prune running" and
-"no prune" by time. Run as ``python -m tests.bench.writer_child``.
+Each attempt is ``StoreWriter.start_attempt`` then ``end_attempt`` (what the ``@deliver``
+hot path does: two journal appends by default, two commits with ``--no-journal``); both
+call latencies are recorded with the system-wide monotonic clock, so the parent can
+split them into "prune running" and "no prune" by time, with the number of rows
+waiting for the background thread's commit after each attempt. Run as
+``python -m tests.bench.writer_child``.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ def main() -> None:
     p.add_argument("--ready", type=Path, required=True)
     p.add_argument("--stop", type=Path, required=True)
     p.add_argument("--interval-seconds", type=float, default=0.005)
+    p.add_argument("--no-journal", action="store_true")
     args = p.parse_args()
-    writer = StoreWriter(args.store, service="bench-writer")
-    records: list[tuple[float, float, float, bool]] = []
+    writer = StoreWriter(args.store, service="bench-writer", journal=not args.no_journal)
+    records: list[tuple[float, float, float, bool, int]] = []
     args.ready.write_text("ready")
     n = 0
     while not args.stop.exists():
@@ -42,7 +45,7 @@ def main() -> None:
         writer.end_attempt({**row, "attempt": number, "status": "delivered", "final": 1,
                             "ended_at_ms": now + 1, "duration_ms": 1.0})
         t2 = time.monotonic()
-        records.append((t0, t1 - t0, t2 - t1, number is None))
+        records.append((t0, t1 - t0, t2 - t1, number is None, writer.stats()["queued"]))
         time.sleep(args.interval_seconds)
     stats = writer.stats()
     writer.close()
