@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
-    "DROP_SQL", "END_SQL", "INSERT_SQL", "START_BATCH_SQL", "START_SQL", "TABLE_COLUMNS",
-    "attempt_params",
+    "DROP_SQL", "END_SQL", "INSERT_SQL", "OUTCOME_COLUMNS", "START_BATCH_SQL", "START_SQL",
+    "TABLE_COLUMNS", "attempt_params",
 ]
 
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -53,7 +53,8 @@ START_SQL = (
     "ON CONFLICT(span_id) DO NOTHING RETURNING attempt"
 )
 START_BATCH_SQL = START_SQL.removesuffix(" RETURNING attempt")
-_OUTCOME_COLS = (
+# The columns an attempt's outcome sets on its start row.
+OUTCOME_COLUMNS = (
     "status", "error_type", "error_text", "failure_class", "final", "ended_at_ms",
     "duration_ms", "provider_message_id", "retry_after_seconds",
 )
@@ -62,7 +63,7 @@ _OUTCOME_COLS = (
 END_SQL = (
     f"INSERT INTO attempts ({', '.join(_ATTEMPT_COLS)}) VALUES ({_ATTEMPT_VALUES}) "
     "ON CONFLICT(span_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _OUTCOME_COLS)
+    + ", ".join(f"{c} = excluded.{c}" for c in OUTCOME_COLUMNS)
 )
 INSERT_SQL = {
     table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"

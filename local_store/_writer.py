@@ -6,8 +6,9 @@ Three paths:
   the default): an attempt's row is appended to this process's journal
   (``_journal.py``: one ``write(2)`` of a JSON line, a few microseconds) before the
   send runs, its outcome when the send returns, and both are queued; the background
-  thread commits them. A process killed before that commit leaves the rows in its
-  journal, and the next writable open of the store commits them. The caller never
+  thread commits them (as one row when both are in the same batch). A process killed
+  before that commit leaves the rows in its journal, and the next writable open of the
+  store commits them. The caller never
   waits for the store's write lock. A start row without a number gets one more than
   the delivery's attempts in the store and those of this process not yet committed.
 * **Synchronous** (``journal=False``, or when the journal cannot be written): the row
@@ -58,6 +59,7 @@ from ._rows import (
     DROP_SQL,
     END_SQL,
     INSERT_SQL,
+    OUTCOME_COLUMNS,
     START_BATCH_SQL,
     START_SQL,
     TABLE_COLUMNS,
@@ -111,6 +113,30 @@ def _is_row_problem(exc: BaseException) -> bool:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _merge_attempts(
+    batch: list[tuple[str, dict[str, Any]]],
+) -> list[tuple[str, dict[str, Any]]]:
+    """``batch`` with each attempt whose start and outcome are both in it written once:
+    the start row with the outcome's columns, as an outcome (which inserts a row that
+    is not there yet). One statement and one round of rollup triggers instead of two;
+    the row that results is the same."""
+    starts: dict[Any, int] = {}  # span_id -> position of its start row in out
+    out: list[tuple[str, dict[str, Any]]] = []
+    for kind, row in batch:
+        span_id = row.get("span_id")
+        if kind == "attempts:start" and span_id is not None and span_id not in starts:
+            starts[span_id] = len(out)
+        elif kind == "attempts:end" and span_id in starts:
+            i = starts.pop(span_id)
+            merged = dict(out[i][1])
+            merged.update({c: row.get(c) for c in OUTCOME_COLUMNS})
+            merged.pop(_JOURNALED, None)
+            out[i] = ("attempts:end", merged)
+            continue
+        out.append((kind, row))
+    return out
 
 
 # A queued row: built, or a function the background thread calls to build it.
@@ -820,7 +846,7 @@ class StoreWriter:
             self._close_bg()
         conn = self._bg_conn if self._bg_conn is not None else self._open_bg()
         by_kind: dict[str, list[dict[str, Any]]] = {}
-        for kind, row in batch:
+        for kind, row in _merge_attempts(batch):
             if kind.startswith("attempts:") and row.get("writer_id") is None:
                 row["writer_id"] = self.writer_id
             by_kind.setdefault(kind, []).append(row)

@@ -185,3 +185,40 @@ def test_attempt_numbers_count_rows_not_yet_committed(tmp_path: Path) -> None:
     with sqlite3.connect(store) as conn:
         assert [n for (n,) in conn.execute(
             "SELECT attempt FROM attempts ORDER BY started_at_ms, id")] == [1, 2, 3, 4]
+
+
+def test_a_start_and_its_outcome_committed_together_make_the_same_row_and_rollups(
+    tmp_path: Path,
+) -> None:
+    def write(path: Path, *, flush_between: bool) -> dict[str, list[tuple[Any, ...]]]:
+        w = StoreWriter(path, service="gw", flush_interval_seconds=3600)
+        try:
+            for n in range(1, 41):
+                row = attempt(n % 7, span_id=f"{n:016x}", started_at_ms=1_000 * n)
+                number = w.start_attempt(row)
+                if flush_between:
+                    assert w.flush()
+                status = ("delivered", "failed", "started")[n % 3]
+                if status != "started":
+                    w.end_attempt({**row, "attempt": number, "status": status,
+                                   "final": int(n % 5 == 0), "ended_at_ms": 1_000 * n + 5,
+                                   "error_type": None if status == "delivered" else "Timeout"})
+            assert w.flush()
+        finally:
+            w.close()
+        with sqlite3.connect(path) as conn:
+            return {
+                table: conn.execute(f"SELECT {cols} FROM {table} ORDER BY 1, 2, 3").fetchall()
+                for table, cols in (
+                    # (close() stamps the attempts still open with its own clock)
+                    ("attempts", "span_id, delivery_id, attempt, status, final, "
+                                 "iif(status = 'interrupted', NULL, ended_at_ms), "
+                                 "error_type, started_at_ms"),
+                    ("attempt_rollup", "*"), ("delivery_rollup", "*"),
+                )
+            }
+
+    apart = write(tmp_path / "apart.db", flush_between=True)
+    together = write(tmp_path / "together.db", flush_between=False)
+    assert apart == together
+    assert len(apart["attempts"]) == 40 and apart["attempt_rollup"]
