@@ -8,9 +8,9 @@ Three paths:
   send runs, its outcome when the send returns, and both are queued; the background
   thread commits them (as one row when both are in the same batch). A process killed
   before that commit leaves the rows in its journal, and the next writable open of the
-  store commits them. The caller never
-  waits for the store's write lock. A start row without a number gets one more than
-  the delivery's attempts in the store and those of this process not yet committed.
+  store commits them. The caller never waits for the store's write lock. A start row
+  without a number gets one more than the delivery's attempts in the store and those
+  of this process not yet committed.
 * **Synchronous** (``journal=False``, or when the journal cannot be written): the row
   is committed on the caller's thread. The caller waits for the store lock at most
   ``hot_path_timeout_seconds``; if the store is locked by another process, read-only,
