@@ -7,12 +7,13 @@ kept can still be told as a whole story (``trace_story``).
 Deletes go in small batches. Each batch first finds its row ids with a plain read
 (no lock held), then reads, still without the lock, the pages its delete will change:
 the rows, every index entry of them, and what the ``attempts`` triggers look up. On a
-large store those random-key index pages are mostly not in memory, and reading them
-from disk inside the write lock made single batches hold it for 100 ms and more. Then
-the batch deletes its rows by primary key in its own short transaction, re-checking
+large store those random-key index pages are often not in memory; read inside the
+lock, they made each deleted attempt cost ~0.28 ms instead of ~0.17. Then the batch
+deletes its rows by primary key in its own short transaction, re-checking
 the rule so a row a writer changed in between is left alone. The batch size follows
 the time each delete holds the write lock: it shrinks when a delete takes longer than
-10 ms and grows back, up to ``batch_size``, when deletes are quick. Between batches
+10 ms and grows (from 10 rows at the start of each table), up to ``batch_size``, when
+deletes are quick. Between batches
 the write lock is left free for at least as long as the batch held it: SQLite's busy
 handler polls with growing sleeps, and a lock that is released for only a few
 microseconds would starve a waiting writer until its timeout.
@@ -52,8 +53,8 @@ DEFAULT_VACUUM_PAGES_PER_STEP = 256
 _MAX_PAUSE_SECONDS = 0.05
 # How long one delete batch may hold the write lock; well inside the writer's 50 ms
 # hot-path bound, so a batch several times slower than planned still fits in it, and
-# a writer that finds the lock taken waits ~10 ms rather than ~30 (its busy handler
-# polls after 1, 3, 8, 18 and 33 ms). The batch size adapts to it, never going below
+# a writer that finds the lock taken gets in by its poll at 18 ms rather than 33 (its
+# busy handler polls after 1, 3, 8, 18 and 33 ms). The batch size adapts to it, never going below
 # _MIN_BATCH rows.
 _BATCH_HOLD_SECONDS = 0.01
 _MIN_BATCH = 10
@@ -291,7 +292,9 @@ def _run_pass(
     # Keyset paging: rows a rule keeps are passed over once, not re-read by every batch.
     after = (-(2**63), -(2**63))
     total = batches = 0
-    size = batch_size
+    # Start small: nothing is known yet of what a row costs in this table, and a first
+    # batch of ``batch_size`` rows held the lock past the writer's bound on every pass.
+    size = batch_size if dry_run else min(batch_size, _MIN_BATCH)
     while True:
         found = db.execute(
             find, {**q, "batch": size, "after_ms": after[0], "after_id": after[1]}
@@ -321,8 +324,8 @@ def _warming_reads(db: sqlite_utils.Database, table: str, where: str) -> list[st
     """Plain reads of the pages a delete of the batch's rows (``:ids``) will change or
     look up, to run before it takes the write lock, so the delete finds them in memory.
 
-    A measured 10M-attempt store read ~3 KB from disk per deleted attempt inside the
-    lock without them, ~50 bytes with them, and each row took 0.17 ms instead of 0.28.
+    Measured on a 10M-attempt store: without them the delete read ~3 KB per attempt
+    from disk inside the lock, with them ~50-150 bytes.
     """
     # The rows, and the rule's own look-ups (the traces that keep a row).
     reads = [f"SELECT count(*) FROM {table} AS x NOT INDEXED WHERE {_BATCH_IDS} AND {where}"]
