@@ -8,9 +8,12 @@ Three paths:
   send runs, its outcome when the send returns, and both are queued; the background
   thread commits them (as one row when both are in the same batch). A process killed
   before that commit leaves the rows in its journal, and the next writable open of the
-  store commits them. The caller never waits for the store's write lock. A start row
-  without a number gets one more than the delivery's attempts in the store and those
-  of this process not yet committed.
+  store commits them. The caller never waits for the store's write lock, unless half
+  the queue bound is waiting for the background thread: then attempt rows are
+  committed synchronously until it catches up, so sustained overload paces the caller
+  to the store instead of filling the queue and dropping rows. A start row without a
+  number gets one more than the delivery's attempts in the store and those of this
+  process not yet committed.
 * **Synchronous** (``journal=False``, or when the journal cannot be written): the row
   is committed on the caller's thread. The caller waits for the store lock at most
   ``hot_path_timeout_seconds``; if the store is locked by another process, read-only,
@@ -381,7 +384,18 @@ class StoreWriter:
                 if self._journal_start(row):
                     number = row.get("attempt")
                     return number if isinstance(number, int) else None
+                # Committed here instead, with the number the journal would have had;
+                # under the number lock, so no other start of it takes that number.
+                written = self._sync_attempt(START_SQL, row, returning=True)
+                number = row.get("attempt") if written is None else written
+                return number if isinstance(number, int) else None
         return self._sync_attempt(START_SQL, row, returning=True)
+
+    def _backlogged(self) -> bool:
+        """Half the queue bound is waiting for the background thread: attempt rows are
+        committed on the caller's thread until it catches up, which paces the caller to
+        what the store can take rather than letting the queue fill and drop rows."""
+        return len(self._queue) + self._in_flight >= self.max_queue // 2
 
     def _journal_start(self, row: dict[str, Any]) -> bool:
         """Number ``row`` if need be and journal it (holding ``_number_lock``)."""
@@ -389,6 +403,8 @@ class StoreWriter:
         delivery_id = found if isinstance(found, str) else None
         if row.get("attempt") is None and delivery_id is not None:
             row["attempt"] = self._next_number(delivery_id)
+        if self._backlogged():
+            return False
         number = row.get("attempt")
         tracked: str | None = None  # the delivery whose pending number this row raised
         before = None
@@ -467,7 +483,7 @@ class StoreWriter:
         if os.getpid() != self._pid:
             self._reset_after_fork()
         row.setdefault("service", self.service)
-        if self._journal_and_queue("attempts:end", row) is None:
+        if self._backlogged() or self._journal_and_queue("attempts:end", row) is None:
             self._sync_attempt(END_SQL, row, returning=False)
 
     def _sync_attempt(self, sql: str, row: dict[str, Any], *, returning: bool) -> int | None:

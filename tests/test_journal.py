@@ -146,19 +146,47 @@ def test_replay_skips_a_torn_line_counts_a_bad_row_and_is_idempotent(tmp_path: P
     db.conn.close()
 
 
-def test_rows_the_full_queue_drops_do_not_pin_the_journal(tmp_path: Path) -> None:
-    w = StoreWriter(tmp_path / "d.db", max_queue=5, flush_interval_seconds=3600)
+def test_a_backlog_paces_the_caller_with_synchronous_commits_instead_of_dropping(
+    tmp_path: Path,
+) -> None:
+    # A background thread that does not keep up (here: never writes on its own).
+    w = StoreWriter(tmp_path / "d.db", max_queue=10, flush_interval_seconds=3600)
     try:
         w._batch_rows = 10**9
         for n in range(1, 9):
-            w.start_attempt(attempt(n))
-            w.end_attempt({**attempt(n), "status": "delivered", "ended_at_ms": 2_000 + n})
+            assert w.start_attempt(attempt(n)) == 1
+            w.end_attempt({**attempt(n), "attempt": 1, "status": "delivered",
+                           "ended_at_ms": 2_000 + n})
+        # The first rows filled half the queue (d-3's start was the fifth); the rest,
+        # from d-3's outcome on, were committed as they came.
+        assert w.stats()["queued"] == 5
+        assert "queue_full" not in w.stats()
+        assert statuses(w.path) == {f"d-{n}": "delivered" for n in range(3, 9)}
+        assert w.flush()
+        assert statuses(w.path) == {f"d-{n}": "delivered" for n in range(1, 9)}
+    finally:
+        w.close()
+
+
+def test_rows_the_full_queue_drops_do_not_pin_the_journal(tmp_path: Path) -> None:
+    w = StoreWriter(tmp_path / "d.db", max_queue=5, flush_interval_seconds=3600,
+                    hot_path_timeout_seconds=0.01)
+    other = sqlite3.connect(w.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the store: rows are deferred
+    try:
+        w._batch_rows = 10**9
+        for n in range(1, 9):
+            w.start_attempt({**attempt(n), "attempt": 1})
+            w.end_attempt({**attempt(n), "attempt": 1, "status": "delivered",
+                           "ended_at_ms": 2_000 + n})
         assert w.stats()["queue_full"] == 2 * 8 - 5
+        other.execute("ROLLBACK")
         assert w.flush()
         [journal] = journal_files(w.path)
         assert journal.stat().st_size == 0
         assert w._pending_numbers == {}  # nor keep the numbers of dropped starts
     finally:
+        other.close()
         w.close()
 
 
