@@ -125,8 +125,8 @@ async def _play(
         crash = scenario.crash
         gateway.receive(crash.channel, crash.update())
         await gateway.handle_inbound_only()
-        # Nothing of ours may hold the store's write lock while the child commits
-        # its attempt row on the hot path.
+        # Our own queued rows are written first, so nothing of ours holds the store's
+        # write lock while the child records its attempt.
         store_quiet()
         committed = await asyncio.to_thread(
             kill_mid_send, store, queue_file, crash.delivery_id, workdir
