@@ -362,13 +362,14 @@ class StoreWriter:
         except Exception:  # the connection is already broken; nothing to keep
             pass
 
-    # -- synchronous attempt rows --------------------------------------------------
+    # -- attempt rows: journaled, or committed here --------------------------------
 
     def start_attempt(self, row: Mapping[str, Any]) -> int | None:
         """Record the row of an attempt that is about to send; return its number.
 
-        The row is in the journal (or, with ``journal=False`` or a journal that cannot
-        be written, committed) when this returns. A row without an ``attempt`` number
+        The row is in the journal when this returns, or committed: with
+        ``journal=False``, when the journal cannot be written, or while the queue is
+        backlogged (see :meth:`_backlogged`). A row without an ``attempt`` number
         gets one more than the delivery's attempts so far: those in the store and
         those of this process not yet committed. Returns None when the number could
         not be known now (the store is unavailable); it is then derived when the row
@@ -474,7 +475,8 @@ class StoreWriter:
         """Record an attempt's outcome (or the whole row, if its start was lost).
 
         Like :meth:`start_attempt`: journaled and committed by the background thread,
-        or committed here with ``journal=False`` or when the journal cannot be written.
+        or committed here with ``journal=False``, when the journal cannot be written, or
+        while the queue is backlogged.
         """
         row = dict(row)
         if self._closed:
