@@ -5,8 +5,10 @@ and accepts ``now_ms`` so a test (or a post-mortem) can ask "as of" a given mome
 Windows (``since_seconds``) are on the time an attempt, run or enqueue started.
 
 ``summary`` and ``health`` read the rollups and ``undelivered`` the ``reply_pending``
-runs that triggers keep (``_rollups.py``, schema m005 and m006); a store of an older
-schema opened read-only is answered by scanning the rows, with the same results.
+runs that triggers keep (``_rollups.py``, schema m005 and m006), and their attempts
+and failed enqueues from covering indexes that hold only what did not deliver (m007);
+a store of an older schema opened read-only is answered by scanning the rows, with
+the same results.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ._reading import (
     DEAD_CTE,
     effective_status,
     has_rollups,
+    has_unsent_indexes,
     liveness_params,
     lost_enqueues,
     outcome_of,
@@ -436,19 +439,27 @@ def _rank(d: tuple[Any, ...]) -> int:
 
 
 def _failed_enqueues_in(
-    db: sqlite_utils.Database, trace_params: dict[str, Any], n_traces: int
+    db: sqlite_utils.Database, trace_params: dict[str, Any], n_traces: int, covered: bool
 ) -> dict[str, list[dict[str, Any]]]:
     """The failed enqueues of the traces :traces, by trace, in id order."""
     by_trace: dict[str, list[dict[str, Any]]] = defaultdict(list)
     if not n_traces:
         return by_trace
     in_traces = "trace_id IN (SELECT value FROM json_each(:traces))"
-    # A few traces: probe the trace index for each (+status keeps SQLite off the status
-    # index). Many: read every failed enqueue once through the status index instead.
-    (n_failed,) = db.execute("SELECT COUNT(*) FROM enqueues WHERE status = 'failed'").fetchone()
-    status = "+status" if n_traces * 4 < n_failed else "status"
+    if covered:
+        # idx_enqueues_failed_trace (m007) holds every column read here
+        status = "status"
+    else:
+        # A few traces: probe the trace index for each (+status keeps SQLite off the
+        # status index). Many: read every failed enqueue once through the status index.
+        (n_failed,) = db.execute(
+            "SELECT COUNT(*) FROM enqueues WHERE status = 'failed'"
+        ).fetchone()
+        status = "+status" if n_traces * 4 < n_failed else "status"
     for e in rows(
-        db, f"SELECT * FROM enqueues WHERE {status} = 'failed' AND {in_traces} ORDER BY id",
+        db,
+        "SELECT id, trace_id, status, delivery_id, error_type, error_text FROM enqueues "
+        f"WHERE {status} = 'failed' AND {in_traces} ORDER BY id",
         trace_params,
     ):
         by_trace[e["trace_id"]].append(e)
@@ -512,7 +523,8 @@ def undelivered(
     whose reply no attempt has delivered); the work then grows with the replies
     reported, not with the store. Their traces' deliveries are judged from one read
     of their attempts (:func:`trace_delivery_outcomes`), and their failed enqueues
-    come from one more statement.
+    come from one more statement; on a store with schema m007 both reads come from
+    small covering indexes of what did not deliver.
 
     >>> [i.reason for i in undelivered(db, since_seconds=86400).items]  # doctest: +SKIP
     ['no_attempt', 'enqueue_failed']
@@ -521,7 +533,10 @@ def undelivered(
     now = resolve_now(now_ms)
     start = window_start(now, since_seconds)
     params: dict[str, Any] = {"since": start, "settled": now - int(grace_seconds * 1000)}
-    if has_rollups(db):
+    fast = has_rollups(db)
+    # m007's covering indexes: every read below comes from a small index
+    covered = fast and has_unsent_indexes(db)
+    if fast:
         # reply_pending is kept by triggers: exactly "reply_produced = 1 and no attempt
         # of the trace delivered"; the partial index holds only those runs.
         not_delivered = "r.reply_pending = 1"
@@ -543,9 +558,11 @@ def undelivered(
     trace_params = {"traces": json.dumps(sorted(listed)), **liveness_params(db, now)}
     # Each delivery counts in the trace of its latest attempt, as in trace_story.
     outcomes: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
-    for d in trace_delivery_outcomes(db, trace_params) if runs else ():
+    for d in (
+        trace_delivery_outcomes(db, trace_params, undelivered_traces=covered) if runs else ()
+    ):
         outcomes[d[_TRACE_ID]].append(d)
-    failed_enqueues = _failed_enqueues_in(db, trace_params, len(listed))
+    failed_enqueues = _failed_enqueues_in(db, trace_params, len(listed), covered)
 
     items: list[UndeliveredItem] = []
     for trace_id, inbound_id, channel, at_ms in runs:
@@ -569,7 +586,8 @@ def undelivered(
         items.append(UndeliveredItem(
             source="ai_run", reason=reason, at_ms=at_ms, trace_id=trace_id,
             inbound_id=inbound_id, channel=channel, delivery_id=delivery_id,
-            attempts=sum(d[_ATTEMPTS] for d in outs), error_type=error_type,
+            attempts=outs[0][_ATTEMPTS] if len(outs) == 1 else sum(d[_ATTEMPTS] for d in outs),
+            error_type=error_type,
             error_text=error_text,
         ))
 

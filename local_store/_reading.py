@@ -21,6 +21,7 @@ __all__ = [
     "delivery_outcomes",
     "effective_status",
     "has_rollups",
+    "has_unsent_indexes",
     "liveness_params",
     "lost_enqueues",
     "outcome_of",
@@ -92,19 +93,30 @@ def outcome_of(d: str) -> str:
     END""")
 
 
+def _applied(db: sqlite_utils.Database, *names: str) -> bool:
+    try:
+        (n,) = db.execute(
+            "SELECT COUNT(*) FROM _sqlite_migrations WHERE migration_set = 'otel_delivery' "
+            f"AND name IN ({', '.join('?' * len(names))})",
+            names,
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return False
+    return bool(n == len(names))
+
+
 def has_rollups(db: sqlite_utils.Database) -> bool:
     """Whether the store has the rollups and ``reply_pending`` (schema m005, m006).
 
     A store opened read-only is not upgraded; its queries scan instead.
     """
-    try:
-        (n,) = db.execute(
-            "SELECT COUNT(*) FROM _sqlite_migrations WHERE migration_set = 'otel_delivery' "
-            "AND name IN ('m005_summary_rollups', 'm006_reply_pending')"
-        ).fetchone()
-    except sqlite3.OperationalError:
-        return False
-    return bool(n == 2)
+    return _applied(db, "m005_summary_rollups", "m006_reply_pending")
+
+
+def has_unsent_indexes(db: sqlite_utils.Database) -> bool:
+    """Whether the store has ``undelivered``'s covering indexes and ``split_deliveries``
+    (schema m007)."""
+    return _applied(db, "m007_undelivered_indexes")
 
 
 def liveness_params(db: sqlite_utils.Database, now_ms: int) -> dict[str, Any]:
@@ -188,6 +200,36 @@ def _judge(found: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
     return [d[:_STARTED] for d in judged]
 
 
+def _latest_first_by_delivery(found: list[Any]) -> list[Any]:
+    """Rows of :data:`_ATTEMPT_FACTS` plus ``id``, each delivery's together, put latest
+    first within each delivery (the order of ``_LATEST_FIRST``)."""
+    out: list[Any] = []
+    i, n = 0, len(found)
+    while i < n:
+        j = i + 1
+        while j < n and found[j][_DELIVERY_ID] == found[i][_DELIVERY_ID]:
+            j += 1
+        if j - i == 1:
+            out.append(found[i])
+        else:
+            group = found[i:j]
+            try:
+                group.sort(key=_latest_key, reverse=True)
+            except TypeError:  # values of mixed types: order them as SQLite does
+                group.sort(key=_latest_key_mixed, reverse=True)
+            out += group
+        i = j
+    return out
+
+
+def _latest_key(row: Sequence[Any]) -> tuple[Any, ...]:
+    return (row[_ATTEMPT], row[_STARTED], row[_STARTED + 1])
+
+
+def _latest_key_mixed(row: Sequence[Any]) -> tuple[Any, ...]:
+    return (_sqlite_order(row[_ATTEMPT]), _sqlite_order(row[_STARTED]), row[_STARTED + 1])
+
+
 def _sqlite_order(value: Any) -> tuple[int, Any]:
     """A sort key that orders values of mixed types as SQLite's ORDER BY does."""
     if value is None:
@@ -215,7 +257,7 @@ def delivery_outcomes(
 
 
 def trace_delivery_outcomes(
-    db: sqlite_utils.Database, params: dict[str, Any]
+    db: sqlite_utils.Database, params: dict[str, Any], *, undelivered_traces: bool = False
 ) -> list[tuple[Any, ...]]:
     """:func:`delivery_outcomes` (as tuples of its fields) of every delivery with an
     attempt in the traces :traces (a JSON array), for many traces at once.
@@ -223,19 +265,38 @@ def trace_delivery_outcomes(
     The attempts are read once, through the trace index, with each delivery's count
     of attempts from its own index (no row read); only a delivery with attempts in
     other traces is read again, whole, by delivery.
+
+    ``undelivered_traces=True`` promises that no attempt of those traces delivered
+    (they are ``reply_pending`` runs' traces) on a store with :func:`has_unsent_indexes`:
+    the attempts are then read from ``idx_attempts_unsent`` alone, and
+    ``split_deliveries`` says which deliveries to read again.
     """
     latest_first = _LATEST_FIRST.format(a="a")
-    found = db.execute(
-        f"""WITH {DEAD_CTE} SELECT {_ATTEMPT_FACTS},
-            (SELECT COUNT(*) FROM attempts x WHERE x.delivery_id = a.delivery_id)
-        FROM attempts a WHERE a.trace_id IN (SELECT value FROM json_each(:traces))
-        ORDER BY a.delivery_id, {latest_first}""",
-        params,
-    ).fetchall()
-    seen: dict[Any, int] = {}
-    for row in found:
-        seen[row[_DELIVERY_ID]] = seen.get(row[_DELIVERY_ID], 0) + 1
-    partial = {row[_DELIVERY_ID] for row in found if row[-1] != seen[row[_DELIVERY_ID]]}
+    if undelivered_traces:
+        # In the index's own order (no sort): a delivery not in split_deliveries has
+        # all its attempts in one trace, so they come together; latest first below.
+        found = db.execute(
+            f"""WITH {DEAD_CTE} SELECT {_ATTEMPT_FACTS}, a.id,
+                EXISTS (SELECT 1 FROM split_deliveries s WHERE s.delivery_id = a.delivery_id)
+            FROM attempts a WHERE a.trace_id IN (SELECT value FROM json_each(:traces))
+              AND a.status != 'delivered'
+            ORDER BY a.trace_id, a.delivery_id""",
+            params,
+        ).fetchall()
+        partial = {row[_DELIVERY_ID] for row in found if row[-1]}
+        found = _latest_first_by_delivery(found)
+    else:
+        found = db.execute(
+            f"""WITH {DEAD_CTE} SELECT {_ATTEMPT_FACTS},
+                (SELECT COUNT(*) FROM attempts x WHERE x.delivery_id = a.delivery_id)
+            FROM attempts a WHERE a.trace_id IN (SELECT value FROM json_each(:traces))
+            ORDER BY a.delivery_id, {latest_first}""",
+            params,
+        ).fetchall()
+        seen: dict[Any, int] = {}
+        for row in found:
+            seen[row[_DELIVERY_ID]] = seen.get(row[_DELIVERY_ID], 0) + 1
+        partial = {row[_DELIVERY_ID] for row in found if row[-1] != seen[row[_DELIVERY_ID]]}
     if partial:
         found = [row for row in found if row[_DELIVERY_ID] not in partial]
         for delivery_id in sorted(partial, key=_sqlite_order):

@@ -34,6 +34,12 @@ nothing in otel-delivery writes that way.
 ``ai_runs.reply_pending`` (schema m006) is 1 when a run produced a reply and no
 attempt of its trace has delivered; triggers on both tables keep it, whichever row is
 written first, and a partial index holds only the pending runs.
+
+``undelivered`` reads from its own partial covering indexes (schema m007): attempts
+that did not deliver, failed enqueues, and pending runs. Every attempt of a pending
+run's trace is in the first, since none of them delivered. ``split_deliveries``, kept
+by triggers, lists (at least) the deliveries with attempts in more than one trace;
+only those need reading again by delivery id.
 """
 
 from __future__ import annotations
@@ -379,4 +385,63 @@ UPDATE ai_runs SET reply_pending = 0 WHERE reply_pending != 0;
 UPDATE ai_runs SET reply_pending = 1
 WHERE reply_produced IS 1
   AND trace_id NOT IN (SELECT a.trace_id FROM attempts a WHERE +a.status = 'delivered');
+"""
+
+# -- undelivered's own indexes (schema m007) ------------------------------------------
+
+# A pending run's trace has no delivered attempt, so every attempt undelivered reads
+# is in idx_attempts_unsent: about one attempt in twenty, with what judging needs,
+# so a read touches a small index and never the table. The same for failed enqueues
+# and for the pending runs themselves.
+UNSENT_INDEXES_SQL = """
+CREATE INDEX IF NOT EXISTS idx_attempts_unsent ON attempts (
+    trace_id, delivery_id, attempt, started_at_ms, status, final, max_attempts,
+    writer_id, channel, error_type, failure_class, error_text
+) WHERE status != 'delivered';
+CREATE INDEX IF NOT EXISTS idx_enqueues_failed_trace
+    ON enqueues (trace_id, status, delivery_id, error_type, error_text)
+    WHERE status = 'failed';
+CREATE INDEX IF NOT EXISTS idx_runs_pending_cover
+    ON ai_runs (started_at_ms, id, ended_at_ms, trace_id, inbound_id, channel, reply_pending)
+    WHERE reply_pending = 1;
+DROP INDEX IF EXISTS idx_runs_pending;
+"""
+
+SPLIT_DELIVERY_TRIGGERS = ("attempts_split_ai", "attempts_split_au", "attempts_split_ad")
+
+
+def _in_other_trace(row: str) -> str:
+    return (
+        f"EXISTS (SELECT 1 FROM attempts o WHERE o.delivery_id = {row}.delivery_id "
+        f"AND o.trace_id IS NOT {row}.trace_id)"
+    )
+
+
+# split_deliveries holds (at least) every delivery with attempts in more than one
+# trace: a reader that finds a delivery's attempts by trace must read such a delivery
+# again, whole, by delivery id. Kept as a superset: a delivery leaves it only when
+# its last attempt is deleted, so an edit never has to recheck the whole delivery.
+SPLIT_DELIVERIES_SQL = f"""
+CREATE TABLE IF NOT EXISTS split_deliveries (delivery_id PRIMARY KEY) WITHOUT ROWID;
+CREATE TRIGGER attempts_split_ai AFTER INSERT ON attempts
+WHEN {_in_other_trace("NEW")} BEGIN
+    INSERT OR IGNORE INTO split_deliveries VALUES (NEW.delivery_id);
+END;
+CREATE TRIGGER attempts_split_au AFTER UPDATE OF delivery_id, trace_id ON attempts
+WHEN {_in_other_trace("NEW")} BEGIN
+    INSERT OR IGNORE INTO split_deliveries VALUES (NEW.delivery_id);
+END;
+CREATE TRIGGER attempts_split_ad AFTER DELETE ON attempts
+WHEN EXISTS (SELECT 1 FROM split_deliveries s WHERE s.delivery_id = OLD.delivery_id)
+     AND NOT EXISTS (SELECT 1 FROM attempts o WHERE o.delivery_id = OLD.delivery_id) BEGIN
+    DELETE FROM split_deliveries WHERE delivery_id = OLD.delivery_id;
+END;
+"""
+
+# One pass over the attempts in table order, grouped in a temporary b-tree.
+SPLIT_DELIVERIES_BACKFILL_SQL = """
+DELETE FROM split_deliveries;
+INSERT INTO split_deliveries
+SELECT delivery_id FROM attempts NOT INDEXED
+GROUP BY delivery_id HAVING MIN(trace_id) IS NOT MAX(trace_id);
 """

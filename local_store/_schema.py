@@ -82,6 +82,18 @@ def m006_reply_pending(db: sqlite_utils.Database) -> None:
     _run_script(db, "\n".join(script))
 
 
+@migrations()
+def m007_undelivered_indexes(db: sqlite_utils.Database) -> None:
+    # undelivered reads its runs, attempts and failed enqueues from small covering
+    # indexes, and split_deliveries tells it which deliveries span traces.
+    script = [f"DROP TRIGGER IF EXISTS {name};" for name in _rollups.SPLIT_DELIVERY_TRIGGERS]
+    script += [
+        _rollups.UNSENT_INDEXES_SQL, _rollups.SPLIT_DELIVERIES_SQL,
+        _rollups.SPLIT_DELIVERIES_BACKFILL_SQL,
+    ]
+    _run_script(db, "\n".join(script))
+
+
 def _run_script(db: sqlite_utils.Database, script: str) -> None:
     """Run ``script`` statement by statement inside the migration's transaction
     (``executescript`` would commit first, so a stopped backfill would leave half a
@@ -99,7 +111,7 @@ def _run_script(db: sqlite_utils.Database, script: str) -> None:
 
 KNOWN_MIGRATIONS = (
     "m001_initial", "m002_views", "m003_undelivered_by_trace", "m004_retry_after",
-    "m005_summary_rollups", "m006_reply_pending",
+    "m005_summary_rollups", "m006_reply_pending", "m007_undelivered_indexes",
 )
 SCHEMA_VERSION = len(KNOWN_MIGRATIONS)
 

@@ -89,6 +89,8 @@ def _populate(db: sqlite_utils.Database, rng: random.Random, deliveries: int) ->
             span += 1
             if rng.random() < 0.1:
                 channel = rng.choice(CHANNELS)
+            if n > 1 and rng.random() < 0.15:  # resumed by another process, in its trace
+                trace = f"t{rng.randrange(deliveries) + 10_000}"
             number = n if rng.random() < 0.9 else rng.randint(1, 4)
             status = rng.choices(
                 ["delivered", "failed", "interrupted", "started", "rejected"],
@@ -210,6 +212,13 @@ def check(db: sqlite_utils.Database, monkeypatch: pytest.MonkeyPatch) -> None:
         "AND a.status = 'delivered'))"
     ).fetchone()[0]
     assert wrong == 0
+    # split_deliveries holds every delivery with attempts in more than one trace.
+    unlisted = db.execute(
+        "SELECT COUNT(*) FROM (SELECT delivery_id FROM attempts GROUP BY delivery_id "
+        "HAVING COUNT(DISTINCT trace_id) > 1) WHERE delivery_id NOT IN "
+        "(SELECT delivery_id FROM split_deliveries)"
+    ).fetchone()[0]
+    assert unlisted == 0
     # The rollups are what a rebuild from the rows would make.
     kept = _rollups(db)
     db.conn.execute("SAVEPOINT rebuild")
@@ -287,11 +296,14 @@ def test_an_older_store_gets_rollups_and_pending_runs_on_upgrade(
     db.execute("DROP TABLE attempt_rollup")
     db.execute("DROP TABLE delivery_rollup")
     db.execute("DROP TABLE rollup_recount")
-    db.execute("DROP INDEX idx_runs_pending")
+    db.execute("DROP INDEX idx_runs_pending_cover")
     db.execute("DROP INDEX idx_runs_pending_trace")
+    db.execute("DROP INDEX idx_attempts_unsent")
+    db.execute("DROP INDEX idx_enqueues_failed_trace")
+    db.execute("DROP TABLE split_deliveries")
     db.execute("ALTER TABLE ai_runs DROP COLUMN reply_pending")
     db.execute("DELETE FROM _sqlite_migrations WHERE name IN "
-               "('m005_summary_rollups', 'm006_reply_pending')")
+               "('m005_summary_rollups', 'm006_reply_pending', 'm007_undelivered_indexes')")
     db.conn.commit()
     _populate(db, random.Random(9), deliveries=120)
     db.close()
@@ -307,4 +319,41 @@ def test_an_older_store_gets_rollups_and_pending_runs_on_upgrade(
     check(db, monkeypatch)
     assert summary(db, since_seconds=7 * 86400, now_ms=NOW) == before
     assert undelivered(db, since_seconds=7 * 86400, now_ms=NOW) == before_u
+    db.close()
+
+
+@pytest.mark.parametrize("analyzed", [False, True])
+def test_undelivered_reads_only_its_covering_indexes(tmp_path: Path, analyzed: bool) -> None:
+    """The point of m007: whatever the planner knows (prune runs ANALYZE), undelivered
+    reads its runs, attempts and failed enqueues from the small covering indexes, never
+    from the tables or the full-size indexes."""
+    db = open_store(tmp_path / "d.db", create=True)
+    _populate(db, random.Random(5), deliveries=300)
+    # Enqueues as in a real store: most succeed (ten per run here), a few fail.
+    db.execute(
+        "INSERT INTO enqueues (trace_id, span_id, status, started_at_ms) "
+        "SELECT r.trace_id, 'e' || r.id || '.' || k.value, "
+        "CASE WHEN r.id % 3 = 0 AND k.value = 0 THEN 'failed' ELSE 'ok' END, r.started_at_ms "
+        "FROM ai_runs r, json_each('[0,1,2,3,4,5,6,7,8,9]') k"
+    )
+    db.conn.commit()
+    if analyzed:
+        db.execute("ANALYZE")
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    report = undelivered(db, since_seconds=30 * 86400, now_ms=NOW)
+    db.conn.set_trace_callback(None)
+    assert report.replies and report.enqueue_failures
+
+    def plan(sql: str) -> str:
+        return " | ".join(r[3] for r in db.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall())
+
+    plans = [plan(s) for s in statements if s.lstrip().upper().startswith(("SELECT", "WITH"))]
+    wanted = {
+        "ai_runs": "COVERING INDEX idx_runs_pending_cover",
+        "attempts": "COVERING INDEX idx_attempts_unsent",
+        "enqueues": "COVERING INDEX idx_enqueues_failed_trace",
+    }
+    for table, index in wanted.items():
+        assert any(index in p for p in plans), (table, plans)
     db.close()
