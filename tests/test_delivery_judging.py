@@ -2,7 +2,8 @@
 of its attempts; here they are checked against the statement they replaced (one index
 probe per test per delivery, in SQL) on randomised stores: retries, deliveries whose
 attempts are in several traces, dead writers' ``started`` rows, ties in attempt number,
-and values of the wrong type written by hand.
+and values of the wrong type written by hand. The traces with no delivered attempt
+are also judged as ``undelivered`` judges them, from ``idx_attempts_unsent`` (m007).
 """
 
 from __future__ import annotations
@@ -64,6 +65,16 @@ def _check(db: sqlite_utils.Database, rng: random.Random) -> None:
         expected = _reference(db, targets, params)
         assert [tuple(vars(d).values()) for d in delivery_outcomes(db, targets, params)] == expected
         assert trace_delivery_outcomes(db, params) == expected
+    # The traces with no delivered attempt (reply_pending runs' traces), as undelivered
+    # reads them on a store with m007: from idx_attempts_unsent, in index order.
+    unsent = sorted(t for (t,) in db.execute(
+        "SELECT DISTINCT trace_id FROM attempts a WHERE NOT EXISTS (SELECT 1 FROM attempts "
+        "d WHERE d.trace_id = a.trace_id AND d.status = 'delivered')"
+    ).fetchall())
+    assert unsent
+    params = {"traces": json.dumps(unsent), **liveness_params(db, NOW)}
+    expected = _reference(db, targets, params)
+    assert trace_delivery_outcomes(db, params, undelivered_traces=True) == expected
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
@@ -101,3 +112,24 @@ def test_no_traces_no_outcomes(tmp_path: Path) -> None:
     _populate(db, random.Random(5), deliveries=20)
     params = {"traces": "[]", **liveness_params(db, NOW)}
     assert trace_delivery_outcomes(db, params) == []
+
+
+def test_a_tie_on_attempt_and_start_goes_to_the_later_row(tmp_path: Path) -> None:
+    """In idx_attempts_unsent's order the status comes before the id: the latest of
+    rows tied on attempt and start must still be the one written last."""
+    db = open_store(tmp_path / "d.db", create=True)
+    for span, (status, error_type) in enumerate(
+        [("failed", "First"), ("interrupted", None), ("failed", "Third")]
+    ):
+        db.execute(
+            "INSERT INTO attempts (delivery_id, attempt, trace_id, span_id, status, "
+            "error_type, started_at_ms) VALUES ('d1', 2, 't1', ?, ?, ?, ?)",
+            [f"s{span}", status, error_type, NOW - 1000],
+        )
+    db.conn.commit()
+    params = {"traces": json.dumps(["t1"]), **liveness_params(db, NOW)}
+    expected = _reference(db, "SELECT 'd1'", params)
+    assert [(d[1], d[2], d[8]) for d in expected] == [("pending_retry", 3, "Third")]
+    assert trace_delivery_outcomes(db, params, undelivered_traces=True) == expected
+    assert trace_delivery_outcomes(db, params) == expected
+    db.close()
