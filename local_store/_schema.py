@@ -94,6 +94,12 @@ def m007_undelivered_indexes(db: sqlite_utils.Database) -> None:
     _run_script(db, "\n".join(script))
 
 
+@migrations()
+def m008_views_retry_after(db: sqlite_utils.Database) -> None:
+    # v_attempts (and v_failures, built on it) show m004's retry_after_seconds too.
+    _run_script(db, _ATTEMPTS_VIEWS_V8)
+
+
 def _run_script(db: sqlite_utils.Database, script: str) -> None:
     """Run ``script`` statement by statement inside the migration's transaction
     (``executescript`` would commit first, so a stopped backfill would leave half a
@@ -112,6 +118,7 @@ def _run_script(db: sqlite_utils.Database, script: str) -> None:
 KNOWN_MIGRATIONS = (
     "m001_initial", "m002_views", "m003_undelivered_by_trace", "m004_retry_after",
     "m005_summary_rollups", "m006_reply_pending", "m007_undelivered_indexes",
+    "m008_views_retry_after",
 )
 SCHEMA_VERSION = len(KNOWN_MIGRATIONS)
 
@@ -293,6 +300,21 @@ WHERE r.reply_produced = 1
   AND NOT EXISTS (
       SELECT 1 FROM attempts a WHERE a.trace_id = r.trace_id AND +a.status = 'delivered'
   );
+"""
+
+_ATTEMPTS_VIEWS_V8 = """
+DROP VIEW IF EXISTS v_failures;
+DROP VIEW IF EXISTS v_attempts;
+CREATE VIEW v_attempts AS
+SELECT
+    id, delivery_id, attempt, max_attempts, channel, recipient, status,
+    error_type, error_text, failure_class, final, retry_after_seconds,
+    strftime('%Y-%m-%dT%H:%M:%fZ', started_at_ms / 1000.0, 'unixepoch') AS started_at,
+    strftime('%Y-%m-%dT%H:%M:%fZ', ended_at_ms / 1000.0, 'unixepoch') AS ended_at,
+    duration_ms, provider_message_id, trace_id, span_id, inbound_id, service
+FROM attempts;
+CREATE VIEW v_failures AS
+SELECT * FROM v_attempts WHERE status = 'failed' ORDER BY id DESC;
 """
 
 # How long a connection waits for another writer before giving up. The

@@ -66,3 +66,16 @@ def test_undelivered_view_probes_attempts_by_trace(tmp_path: Path) -> None:
     plan = " ".join(str(row[3]) for row in rows)
     assert "idx_attempts_trace" in plan
     assert "idx_attempts_status" not in plan
+
+
+def test_the_attempt_views_show_retry_after(tmp_path: Path) -> None:
+    db = open_store(tmp_path / "d.db", create=True)
+    db.execute(
+        "INSERT INTO attempts (delivery_id, attempt, trace_id, span_id, status, "
+        "started_at_ms, retry_after_seconds) VALUES ('d1', 1, 't1', 's1', 'failed', 0, 37.5)"
+    )
+    db.conn.commit()
+    for view in ("v_attempts", "v_failures"):
+        row = db.execute(f"SELECT delivery_id, retry_after_seconds, started_at FROM {view}")
+        assert row.fetchall() == [("d1", 37.5, "1970-01-01T00:00:00.000Z")], view
+    db.close()
