@@ -21,7 +21,7 @@ from slack_sdk.web.slack_response import SlackResponse
 
 import otel_delivery
 from local_store import open_store
-from local_store._schema import KNOWN_MIGRATIONS, migrations
+from local_store._schema import _VIEWS_SQL, KNOWN_MIGRATIONS, migrations
 from otel_delivery import arg, default_classifier, retry_after_seconds
 from otel_delivery._chat_libraries import classify_library_error
 
@@ -225,8 +225,13 @@ def test_a_store_from_before_the_column_is_upgraded_and_keeps_its_rows(tmp_path:
         "INSERT INTO attempts (delivery_id, attempt, trace_id, span_id, status, started_at_ms) "
         "VALUES ('old', 1, 't', 's', 'delivered', 1)"
     )
-    # Make it the store an otel-delivery without m004 wrote.
+    # Make it the store an otel-delivery without m004 wrote (with m002's views).
+    db.execute("DROP VIEW v_failures")
+    db.execute("DROP VIEW v_attempts")
     db.execute("ALTER TABLE attempts DROP COLUMN retry_after_seconds")
+    for statement in _VIEWS_SQL.split(";"):
+        if "VIEW v_attempts" in statement or "VIEW v_failures" in statement:
+            db.execute(statement)
     db.execute("DELETE FROM _sqlite_migrations WHERE name >= 'm004_retry_after'")
     db.conn.commit()
     db.close()
@@ -235,5 +240,7 @@ def test_a_store_from_before_the_column_is_upgraded_and_keeps_its_rows(tmp_path:
     assert [m.name for m in migrations.applied(db)] == list(KNOWN_MIGRATIONS)
     assert "retry_after_seconds" in db["attempts"].columns_dict
     rows = list(db.query("SELECT delivery_id, retry_after_seconds FROM attempts"))
+    assert rows == [{"delivery_id": "old", "retry_after_seconds": None}]
+    rows = list(db.query("SELECT delivery_id, retry_after_seconds FROM v_attempts"))
     assert rows == [{"delivery_id": "old", "retry_after_seconds": None}]
     db.close()
