@@ -71,13 +71,20 @@ class _Switchable(SpanProcessor):
 
 
 class _CountingExporter(SpanExporter):
-    """Counts the spans an exporter failed to deliver (``otlp_export_failed``)."""
+    """Counts the spans an exporter failed to deliver (``otlp_export_failed``); tells
+    ``taken`` how many spans each export takes off the batch processor's queue."""
 
-    def __init__(self, inner: SpanExporter, counters: Counters) -> None:
+    def __init__(
+        self, inner: SpanExporter, counters: Counters,
+        taken: Callable[[int], None] | None = None,
+    ) -> None:
         self.inner = inner
         self.counters = counters
+        self.taken = taken
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self.taken is not None:
+            self.taken(len(spans))
         try:
             result = self.inner.export(spans)
         except Exception as exc:
@@ -86,6 +93,66 @@ class _CountingExporter(SpanExporter):
         if result is not SpanExportResult.SUCCESS:
             self.counters.add("otlp_export_failed", len(spans))
         return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+_DEFAULT_EXPORT_QUEUE = 2048  # the SDK's OTEL_BSP_MAX_QUEUE_SIZE default
+
+
+def _export_queue_size() -> int:
+    """The batch processor's queue bound as the SDK resolves it (OTEL_BSP_MAX_QUEUE_SIZE)."""
+    default = getattr(BatchSpanProcessor, "_default_max_queue_size", None)
+    try:
+        return int(default()) if callable(default) else _DEFAULT_EXPORT_QUEUE
+    except (TypeError, ValueError):
+        return _DEFAULT_EXPORT_QUEUE
+
+
+class _CountedBatch(SpanProcessor):
+    """The SDK's ``BatchSpanProcessor`` with its full queue counted.
+
+    Its own queue drops the oldest span when full, with a log line and nothing we can
+    count. This keeps the number of spans handed to it and not yet taken by an export;
+    at the bound a span is not handed over but counted (``otlp_queue_full``), so the
+    batch processor's queue never reaches its bound and no drop goes uncounted.
+    """
+
+    def __init__(self, exporter: SpanExporter, counters: Counters) -> None:
+        self.counters = counters
+        self.max_queue = _export_queue_size()
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._pid = os.getpid()
+        self.inner: SpanProcessor = BatchSpanProcessor(
+            _CountingExporter(exporter, counters, taken=self._taken),
+            max_queue_size=self.max_queue,
+        )
+
+    def _taken(self, n: int) -> None:
+        with self._lock:
+            self._waiting = max(0, self._waiting - n)
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        self.inner.on_start(span, parent_context=parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if not (span.context and span.context.trace_flags.sampled):
+            return  # the batch processor ignores these too
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: the SDK empties its queue
+                self._pid, self._waiting = os.getpid(), 0
+            full = self._waiting >= self.max_queue
+            if not full:
+                self._waiting += 1
+        if full:
+            self.counters.add("otlp_queue_full")
+            return
+        self.inner.on_end(span)
 
     def shutdown(self) -> None:
         self.inner.shutdown()
@@ -346,9 +413,7 @@ def configure(
                 processors.append(_Switchable(StoreSpanProcessor(writer, counters)))
             exporter = span_exporter or _otlp_exporter(otlp_endpoint, otlp_protocol)
             if exporter is not None:
-                processors.append(
-                    _Switchable(BatchSpanProcessor(_CountingExporter(exporter, counters)))
-                )
+                processors.append(_Switchable(_CountedBatch(exporter, counters)))
         except ValueError as exc:
             if writer is not None:
                 writer.close()

@@ -10,13 +10,14 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 import otel_delivery
 from otel_delivery import ConfigError, resolve_store_path
@@ -246,3 +247,52 @@ def test_a_hanging_collector_cannot_hold_flush_or_shutdown(
     assert flush_seconds < 1.5
     assert shutdown_seconds < 2.5
     assert count(tmp_path / "d.db", "attempts") == 20  # the local store is complete
+
+
+class _GatedExporter(SpanExporter):
+    """An exporter that holds every export until ``gate`` opens: a stuck collector."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.lock = threading.Lock()
+        self.exported = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.gate.wait(30)
+        with self.lock:
+            self.exported += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self.gate.set()
+
+
+def test_a_full_export_queue_is_counted_not_silent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "40")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "8")
+    exporter = _GatedExporter()
+    otel = otel_delivery.configure(
+        store=tmp_path / "d.db", tracer_provider=TracerProvider(), span_exporter=exporter
+    )
+
+    @otel_delivery.deliver(channel="telegram")
+    def send(n: int) -> int:
+        return n
+
+    assert [send(i) for i in range(300)] == list(range(300))  # the caller never waits
+    dropped = otel.stats().get("otlp_queue_full", 0)
+    # At most the queue (40) and the batch the stuck export holds (8) are kept.
+    assert dropped >= 300 - 40 - 8
+    exporter.gate.set()
+    assert otel.force_flush(timeout_seconds=10)
+    assert exporter.exported + dropped == 300  # every span exported or counted
+    otel.shutdown()
+    conn = sqlite3.connect(tmp_path / "d.db")
+    try:
+        rows = conn.execute("SELECT count FROM drops WHERE reason = 'otlp_queue_full'").fetchall()
+    finally:
+        conn.close()
+    assert rows == [(dropped,)]
+    assert count(tmp_path / "d.db", "attempts") == 300  # the local store has them all
