@@ -12,6 +12,7 @@ import multiprocessing.util
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -113,6 +114,19 @@ def _export_queue_size() -> int:
         return _DEFAULT_EXPORT_QUEUE
 
 
+# Counted batch processors alive in this process, so a fork can reset each one.
+_batches: weakref.WeakSet[_CountedBatch] = weakref.WeakSet()
+
+
+def _reset_batches_in_child() -> None:
+    for batch in list(_batches):
+        batch._reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_batches_in_child)
+
+
 class _CountedBatch(SpanProcessor):
     """The SDK's ``BatchSpanProcessor`` with its full queue counted.
 
@@ -127,11 +141,17 @@ class _CountedBatch(SpanProcessor):
         self.max_queue = _export_queue_size()
         self._lock = threading.Lock()
         self._waiting = 0
-        self._pid = os.getpid()
         self.inner: SpanProcessor = BatchSpanProcessor(
             _CountingExporter(exporter, counters, taken=self._taken),
             max_queue_size=self.max_queue,
         )
+        _batches.add(self)
+
+    def _reset_after_fork(self) -> None:
+        # The SDK empties a forked child's queue; a lock held by a parent's thread at
+        # the fork would never be released here.
+        self._lock = threading.Lock()
+        self._waiting = 0
 
     def _taken(self, n: int) -> None:
         with self._lock:
@@ -144,8 +164,6 @@ class _CountedBatch(SpanProcessor):
         if not (span.context and span.context.trace_flags.sampled):
             return  # the batch processor ignores these too
         with self._lock:
-            if self._pid != os.getpid():  # a forked child: the SDK empties its queue
-                self._pid, self._waiting = os.getpid(), 0
             full = self._waiting >= self.max_queue
             if not full:
                 self._waiting += 1

@@ -296,3 +296,40 @@ def test_a_full_export_queue_is_counted_not_silent(
         conn.close()
     assert rows == [(dropped,)]
     assert count(tmp_path / "d.db", "attempts") == 300  # the local store has them all
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_starts_with_an_empty_export_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "40")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "8")
+    exporter = _GatedExporter()
+    otel = otel_delivery.configure(
+        store=tmp_path / "d.db", tracer_provider=TracerProvider(), span_exporter=exporter
+    )
+
+    @otel_delivery.deliver(channel="telegram")
+    def send(n: int) -> int:
+        return n
+
+    for i in range(100):
+        send(i)
+    dropped = otel.stats()["otlp_queue_full"]
+    assert dropped > 0
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the SDK emptied its queue, so 30 sends fit
+        try:
+            for i in range(30):
+                send(i)
+            os.write(write, str(otel.stats()["otlp_queue_full"]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as r:
+        child_dropped = int(r.read() or -1)
+    os.waitpid(pid, 0)
+    assert child_dropped == dropped  # the child counted no new drop
+    exporter.gate.set()
+    otel.shutdown()
