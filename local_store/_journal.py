@@ -49,6 +49,9 @@ SEGMENT_BYTES = 1024 * 1024
 # After a failed append (read-only or full disk, store directory gone), the next try
 # waits this long: the rows meanwhile take the synchronous path.
 _RETRY_AFTER_SECONDS = 1.0
+# One encoder for every line (json.dumps with arguments builds a new one per call);
+# rows are flat, so the check for circular references is skipped.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 # The kinds of row a journal holds, and the SQL that writes each.
 _SQL = {"attempts:start": START_BATCH_SQL, "attempts:end": END_SQL}
 
@@ -90,8 +93,8 @@ class Journal:
         if time.monotonic() < self._retry_at:
             return None
         try:
-            line = (json.dumps([kind, row], separators=(",", ":")) + "\n").encode()
-        except (TypeError, ValueError):
+            line = (_ENCODER.encode([kind, row]) + "\n").encode()
+        except (TypeError, ValueError, RecursionError):
             return None  # a value JSON cannot hold; SQLite will say what is wrong with it
         with self._lock:
             seg = self._current
