@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -267,9 +267,11 @@ class _GatedExporter(SpanExporter):
         self.gate.set()
 
 
-def test_a_full_export_queue_is_counted_not_silent(
+def _stuck_export(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[otel_delivery.Instrumentation, _GatedExporter, Callable[[int], int]]:
+    """configure() with a 40-span export queue, batches of 8, a stuck exporter, and a
+    decorated send."""
     monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "40")
     monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "8")
     exporter = _GatedExporter()
@@ -280,6 +282,14 @@ def test_a_full_export_queue_is_counted_not_silent(
     @otel_delivery.deliver(channel="telegram")
     def send(n: int) -> int:
         return n
+
+    return otel, exporter, send
+
+
+def test_a_full_export_queue_is_counted_not_silent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    otel, exporter, send = _stuck_export(tmp_path, monkeypatch)
 
     assert [send(i) for i in range(300)] == list(range(300))  # the caller never waits
     dropped = otel.stats().get("otlp_queue_full", 0)
@@ -302,16 +312,7 @@ def test_a_full_export_queue_is_counted_not_silent(
 def test_a_forked_child_starts_with_an_empty_export_queue(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "40")
-    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "8")
-    exporter = _GatedExporter()
-    otel = otel_delivery.configure(
-        store=tmp_path / "d.db", tracer_provider=TracerProvider(), span_exporter=exporter
-    )
-
-    @otel_delivery.deliver(channel="telegram")
-    def send(n: int) -> int:
-        return n
+    otel, exporter, send = _stuck_export(tmp_path, monkeypatch)
 
     for i in range(100):
         send(i)
