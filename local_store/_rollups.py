@@ -343,8 +343,9 @@ REPLY_PENDING_TRIGGERS = (
     "attempts_pending_ad",
 )
 
-# The pending runs by start (undelivered's window) and by trace (a delivered attempt
-# clears its trace's pending runs without reading the trace's other runs).
+# The pending runs by start (undelivered's window; m007 replaces idx_runs_pending with
+# the covering idx_runs_pending_cover) and by trace (a delivered attempt clears its
+# trace's pending runs without reading the trace's other runs).
 REPLY_PENDING_SQL = f"""
 CREATE INDEX IF NOT EXISTS idx_runs_pending ON ai_runs (started_at_ms) WHERE reply_pending = 1;
 CREATE INDEX IF NOT EXISTS idx_runs_pending_trace ON ai_runs (trace_id) WHERE reply_pending = 1;
