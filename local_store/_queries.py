@@ -5,16 +5,14 @@ and accepts ``now_ms`` so a test (or a post-mortem) can ask "as of" a given mome
 Windows (``since_seconds``) are on the time an attempt, run or enqueue started.
 
 ``summary`` and ``health`` read the rollups and ``undelivered`` the ``reply_pending``
-runs that triggers keep (``_rollups.py``, schema m005 and m006), and their attempts
-and failed enqueues from covering indexes that hold only what did not deliver (m007);
-a store of an older schema opened read-only is answered by scanning the rows, with
-the same results.
+runs that triggers keep (``_rollups.py``, schema m005 and m006) with their traces'
+kept verdicts (``_verdicts.py``, m009), judging the rest from covering indexes that
+hold only what did not deliver (m007); a store of an older schema opened read-only
+is answered by scanning the rows, with the same results.
 """
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,13 +25,13 @@ from ._reading import (
     effective_status,
     has_rollups,
     has_unsent_indexes,
+    has_verdicts,
     liveness_params,
-    lost_enqueues,
     outcome_of,
     rows,
-    trace_delivery_outcomes,
 )
 from ._rollups import HOUR_MS, MINUTE_MS, contributions, decode
+from ._verdicts import judge_traces
 from .exceptions import InvalidArgumentError
 
 __all__ = [
@@ -420,51 +418,6 @@ def interrupted(
 
 # -- replies that never arrived ------------------------------------------------------
 
-UNDELIVERED_REASONS = (
-    "enqueue_failed", "failed", "interrupted", "pending_retry", "in_flight", "other", "no_attempt",
-)
-
-
-_RANKS = {reason: rank for rank, reason in enumerate(UNDELIVERED_REASONS)}
-# Positions in trace_delivery_outcomes' tuples (DeliveryOutcome's fields).
-_DELIVERY_ID, _OUTCOME, _ATTEMPTS, _TRACE_ID, _ERROR_TYPE, _ERROR_TEXT = 0, 1, 2, 7, 8, 9
-
-
-def _reason(outcome: str) -> str:
-    return outcome if outcome in _RANKS else "other"
-
-
-def _rank(d: tuple[Any, ...]) -> int:
-    return _RANKS[_reason(d[_OUTCOME])]
-
-
-def _failed_enqueues_in(
-    db: sqlite_utils.Database, trace_params: dict[str, Any], n_traces: int, covered: bool
-) -> dict[str, list[dict[str, Any]]]:
-    """The failed enqueues of the traces :traces, by trace, in id order."""
-    by_trace: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    if not n_traces:
-        return by_trace
-    in_traces = "trace_id IN (SELECT value FROM json_each(:traces))"
-    if covered:
-        # idx_enqueues_failed_trace (m007) holds every column read here
-        status = "status"
-    else:
-        # A few traces: probe the trace index for each (+status keeps SQLite off the
-        # status index). Many: read every failed enqueue once through the status index.
-        (n_failed,) = db.execute(
-            "SELECT COUNT(*) FROM enqueues WHERE status = 'failed'"
-        ).fetchone()
-        status = "+status" if n_traces * 4 < n_failed else "status"
-    for e in rows(
-        db,
-        "SELECT id, trace_id, status, delivery_id, error_type, error_text FROM enqueues "
-        f"WHERE {status} = 'failed' AND {in_traces} ORDER BY id",
-        trace_params,
-    ):
-        by_trace[e["trace_id"]].append(e)
-    return by_trace
-
 
 @dataclass(frozen=True)
 class UndeliveredItem:
@@ -521,10 +474,11 @@ def undelivered(
 
     The runs are found through ``ai_runs.reply_pending`` (a partial index of the runs
     whose reply no attempt has delivered); the work then grows with the replies
-    reported, not with the store. Their traces' deliveries are judged from one read
-    of their attempts (:func:`trace_delivery_outcomes`), and their failed enqueues
-    come from one more statement; on a store with schema m007 both reads come from
-    small covering indexes of what did not deliver.
+    reported, not with the store. On a store with schema m009 each run's trace comes
+    with its kept verdict (``_verdicts.py``); the traces without a current one are
+    judged here by :func:`judge_traces`, from one read of their attempts and one of
+    their failed enqueues, both from m007's small covering indexes of what did not
+    deliver.
 
     >>> [i.reason for i in undelivered(db, since_seconds=86400).items]  # doctest: +SKIP
     ['no_attempt', 'enqueue_failed']
@@ -545,50 +499,36 @@ def undelivered(
         # the status index and read every delivered row per run
         not_delivered = """r.reply_produced = 1 AND NOT EXISTS (
             SELECT 1 FROM attempts a WHERE a.trace_id = r.trace_id AND +a.status = 'delivered')"""
+    if covered and has_verdicts(db):
+        # m009: a trace's kept verdict, unless it waits to be judged again (or its
+        # verdict depends on liveness: reason NULL)
+        verdict = """r.verdict_reason, r.verdict_delivery_id, r.verdict_attempts,
+            r.verdict_error_type, r.verdict_error_text, r.verdict_reason IS NULL
+            OR EXISTS (SELECT 1 FROM traces_to_judge j WHERE j.trace_id = r.trace_id)"""
+    else:
+        verdict = "NULL, NULL, NULL, NULL, NULL, 1"
     runs = db.execute(
         f"""SELECT r.trace_id, r.inbound_id, r.channel,
-                  COALESCE(r.ended_at_ms, r.started_at_ms) AS at_ms
+                  COALESCE(r.ended_at_ms, r.started_at_ms) AS at_ms, {verdict}
         FROM ai_runs r
         WHERE r.started_at_ms >= :since AND {not_delivered}
           AND COALESCE(r.ended_at_ms, r.started_at_ms) <= :settled
         ORDER BY r.started_at_ms, r.id""",
         params,
     ).fetchall()
-    listed = {trace_id for trace_id, *_ in runs}
-    trace_params = {"traces": json.dumps(sorted(listed)), **liveness_params(db, now)}
-    # Each delivery counts in the trace of its latest attempt, as in trace_story.
-    outcomes: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
-    for d in (
-        trace_delivery_outcomes(db, trace_params, undelivered_traces=covered) if runs else ()
-    ):
-        outcomes[d[_TRACE_ID]].append(d)
-    failed_enqueues = _failed_enqueues_in(db, trace_params, len(listed), covered)
-
+    listed = {run[0] for run in runs}
+    judged = judge_traces(
+        db, {run[0] for run in runs if run[9]}, liveness_params(db, now), covered=covered
+    )
     items: list[UndeliveredItem] = []
-    for trace_id, inbound_id, channel, at_ms in runs:
-        outs = outcomes.get(trace_id, ())
-        failed = failed_enqueues.get(trace_id)
-        lost = lost_enqueues(failed, {d[_DELIVERY_ID] for d in outs}) if failed else ()
-        error_type = error_text = delivery_id = None
-        if lost:
-            reason = "enqueue_failed"
-            error_type, error_text = lost[0]["error_type"], lost[0]["error_text"]
-            delivery_id = lost[0]["delivery_id"]
-        elif outs:
-            # the first of the worst, in the order of the deliveries' latest attempts
-            worst = min(outs, key=_rank) if len(outs) > 1 else outs[0]
-            reason = _reason(worst[_OUTCOME])
-            delivery_id, error_type, error_text = (
-                worst[_DELIVERY_ID], worst[_ERROR_TYPE], worst[_ERROR_TEXT]
-            )
-        else:
-            reason = "no_attempt"
+    for trace_id, inbound_id, channel, at_ms, *stored, live in runs:
+        reason, delivery_id, attempts, error_type, error_text = (
+            judged[trace_id][:5] if live else stored
+        )
         items.append(UndeliveredItem(
             source="ai_run", reason=reason, at_ms=at_ms, trace_id=trace_id,
             inbound_id=inbound_id, channel=channel, delivery_id=delivery_id,
-            attempts=outs[0][_ATTEMPTS] if len(outs) == 1 else sum(d[_ATTEMPTS] for d in outs),
-            error_type=error_type,
-            error_text=error_text,
+            attempts=attempts, error_type=error_type, error_text=error_text,
         ))
 
     for e in rows(

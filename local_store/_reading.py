@@ -119,6 +119,12 @@ def has_unsent_indexes(db: sqlite_utils.Database) -> bool:
     return _applied(db, "m007_undelivered_indexes")
 
 
+def has_verdicts(db: sqlite_utils.Database) -> bool:
+    """Whether the store keeps ``undelivered``'s verdicts on its pending runs (schema
+    m009)."""
+    return _applied(db, "m009_undelivered_verdicts")
+
+
 def liveness_params(db: sqlite_utils.Database, now_ms: int) -> dict[str, Any]:
     """The :dead and :stale parameters of :func:`effective_status`, as of ``now_ms``."""
     return {

@@ -40,6 +40,11 @@ that did not deliver, failed enqueues, and pending runs. Every attempt of a pend
 run's trace is in the first, since none of them delivered. ``split_deliveries``, kept
 by triggers, lists (at least) the deliveries with attempts in more than one trace;
 only those need reading again by delivery id.
+
+``ai_runs.verdict_*`` (schema m009) keep, on each pending run, what ``undelivered``
+says of it, judged ahead by the writers (``_verdicts.py``); triggers on attempts,
+enqueues and runs queue the traces whose verdict a change may alter in
+``traces_to_judge``, and readers judge the queued traces themselves.
 """
 
 from __future__ import annotations
@@ -445,4 +450,145 @@ DELETE FROM split_deliveries;
 INSERT INTO split_deliveries
 SELECT delivery_id FROM attempts NOT INDEXED
 GROUP BY delivery_id HAVING MIN(trace_id) IS NOT MAX(trace_id);
+"""
+
+# -- undelivered's kept verdicts (schema m009) ----------------------------------------
+
+VERDICT_TRIGGERS = (
+    "attempts_verdict_ai", "attempts_verdict_ai_split", "attempts_verdict_au",
+    "attempts_verdict_au_split", "attempts_verdict_ad", "attempts_verdict_ad_split",
+    "ai_runs_verdict_ai", "ai_runs_verdict_au_pending", "ai_runs_verdict_au_settled",
+    "ai_runs_verdict_au_forget", "ai_runs_verdict_ad", "enqueues_verdict_ai",
+    "enqueues_verdict_au", "enqueues_verdict_ad",
+)
+VERDICT_COLUMNS = (
+    "verdict_reason", "verdict_delivery_id", "verdict_attempts", "verdict_error_type",
+    "verdict_error_text",
+)
+
+_HAS_PENDING_RUN = (
+    "EXISTS (SELECT 1 FROM ai_runs r WHERE r.trace_id = {t} AND r.reply_pending = 1)"
+)
+# Not "INSERT OR IGNORE": inside a trigger fired by an upsert's update (the writer's
+# END_SQL), the upsert's conflict handling (ABORT) overrides a trigger statement's OR
+# clause; an upsert clause of the statement's own is kept.
+_NOTHING = "ON CONFLICT (trace_id) DO NOTHING;"
+_IS_SPLIT = "EXISTS (SELECT 1 FROM split_deliveries s WHERE s.delivery_id = {d})"
+# What a verdict is made of (_verdicts.judge_traces): an update of other columns
+# leaves every verdict as it was.
+_JUDGED = (
+    "delivery_id, trace_id, attempt, started_at_ms, status, final, max_attempts, "
+    "error_type, error_text"
+)
+
+
+def _judge_again(t: str, unless: str = "0") -> str:
+    """Queue trace ``t`` to be judged again if it has a pending run (and not ``unless``)."""
+    return (
+        f"INSERT INTO traces_to_judge SELECT {t} "
+        f"WHERE NOT ({unless}) AND {_HAS_PENDING_RUN.format(t=t)} {_NOTHING}"
+    )
+
+
+def _judge_delivery_again(d: str, unless: str = "0") -> str:
+    """Queue every trace with an attempt of delivery ``d`` and a pending run."""
+    return (
+        "INSERT INTO traces_to_judge SELECT DISTINCT o.trace_id FROM attempts o "
+        f"WHERE NOT ({unless}) AND o.delivery_id = {d} "
+        f"AND {_HAS_PENDING_RUN.format(t='o.trace_id')} {_NOTHING}"
+    )
+
+
+def _unqueue_if_settled(t: str) -> str:
+    """Take trace ``t`` off the queue once it has no pending run left."""
+    return (
+        f"DELETE FROM traces_to_judge WHERE trace_id = {t} "
+        f"AND NOT {_HAS_PENDING_RUN.format(t=t)};"
+    )
+
+
+# A verdict is judged from the attempts of the deliveries counted in its trace (each
+# in the trace of its latest attempt) and from the trace's failed enqueues. Any change
+# to those queues the trace; a delivery with attempts in several traces (in
+# split_deliveries, or becoming so) queues all of them. A delivered attempt needs no
+# queueing of its own trace: it settles the trace's pending runs. Trigger order does
+# not matter: a queue entry only ever costs a judging.
+#
+# The verdict is kept on each pending run, in the covering index undelivered reads
+# (so a report is one range of one index); a run that settles forgets it.
+TRACE_VERDICTS_SQL = f"""
+CREATE TABLE IF NOT EXISTS traces_to_judge (trace_id PRIMARY KEY) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idx_runs_pending_verdict ON ai_runs (
+    started_at_ms, id, ended_at_ms, trace_id, inbound_id, channel, reply_pending,
+    {", ".join(VERDICT_COLUMNS)}
+) WHERE reply_pending = 1;
+DROP INDEX IF EXISTS idx_runs_pending_cover;
+CREATE TRIGGER attempts_verdict_ai AFTER INSERT ON attempts
+WHEN NEW.status IS NOT 'delivered' BEGIN
+    {_judge_again("NEW.trace_id")}
+END;
+CREATE TRIGGER attempts_verdict_ai_split AFTER INSERT ON attempts
+WHEN {_in_other_trace("NEW")} BEGIN
+    {_judge_delivery_again("NEW.delivery_id")}
+END;
+CREATE TRIGGER attempts_verdict_au AFTER UPDATE OF {_JUDGED} ON attempts BEGIN
+    {_judge_again("NEW.trace_id")}
+    {_judge_again("OLD.trace_id", unless="OLD.trace_id IS NEW.trace_id")}
+END;
+CREATE TRIGGER attempts_verdict_au_split AFTER UPDATE OF {_JUDGED} ON attempts
+WHEN {_IS_SPLIT.format(d="NEW.delivery_id")} OR {_IS_SPLIT.format(d="OLD.delivery_id")}
+     OR ((NEW.trace_id IS NOT OLD.trace_id OR NEW.delivery_id IS NOT OLD.delivery_id)
+         AND {_in_other_trace("NEW")}) BEGIN
+    {_judge_delivery_again("NEW.delivery_id")}
+    {_judge_delivery_again("OLD.delivery_id", unless="OLD.delivery_id IS NEW.delivery_id")}
+END;
+CREATE TRIGGER attempts_verdict_ad AFTER DELETE ON attempts
+WHEN OLD.status IS NOT 'delivered' BEGIN
+    {_judge_again("OLD.trace_id")}
+END;
+CREATE TRIGGER attempts_verdict_ad_split AFTER DELETE ON attempts
+WHEN {_IS_SPLIT.format(d="OLD.delivery_id")} BEGIN
+    {_judge_delivery_again("OLD.delivery_id")}
+END;
+CREATE TRIGGER ai_runs_verdict_ai AFTER INSERT ON ai_runs WHEN NEW.reply_pending = 1 BEGIN
+    INSERT INTO traces_to_judge VALUES (NEW.trace_id) {_NOTHING}
+END;
+CREATE TRIGGER ai_runs_verdict_au_pending AFTER UPDATE OF reply_pending, trace_id ON ai_runs
+WHEN NEW.reply_pending = 1 AND (OLD.reply_pending IS NOT 1 OR NEW.trace_id IS NOT OLD.trace_id)
+BEGIN
+    INSERT INTO traces_to_judge VALUES (NEW.trace_id) {_NOTHING}
+END;
+CREATE TRIGGER ai_runs_verdict_au_settled AFTER UPDATE OF reply_pending, trace_id ON ai_runs
+WHEN OLD.reply_pending = 1 AND (NEW.reply_pending IS NOT 1 OR NEW.trace_id IS NOT OLD.trace_id)
+BEGIN
+    {_unqueue_if_settled("OLD.trace_id")}
+END;
+CREATE TRIGGER ai_runs_verdict_au_forget AFTER UPDATE OF reply_pending, trace_id ON ai_runs
+WHEN OLD.verdict_attempts IS NOT NULL
+     AND (NEW.reply_pending IS NOT 1 OR NEW.trace_id IS NOT OLD.trace_id) BEGIN
+    UPDATE ai_runs SET {", ".join(f"{c} = NULL" for c in VERDICT_COLUMNS)} WHERE id = NEW.id;
+END;
+CREATE TRIGGER ai_runs_verdict_ad AFTER DELETE ON ai_runs WHEN OLD.reply_pending = 1 BEGIN
+    {_unqueue_if_settled("OLD.trace_id")}
+END;
+CREATE TRIGGER enqueues_verdict_ai AFTER INSERT ON enqueues WHEN NEW.status = 'failed' BEGIN
+    {_judge_again("NEW.trace_id")}
+END;
+CREATE TRIGGER enqueues_verdict_au
+AFTER UPDATE OF status, trace_id, delivery_id, error_type, error_text ON enqueues
+WHEN OLD.status = 'failed' OR NEW.status = 'failed' BEGIN
+    {_judge_again("NEW.trace_id")}
+    {_judge_again("OLD.trace_id", unless="OLD.trace_id IS NEW.trace_id")}
+END;
+CREATE TRIGGER enqueues_verdict_ad AFTER DELETE ON enqueues WHEN OLD.status = 'failed' BEGIN
+    {_judge_again("OLD.trace_id")}
+END;
+"""
+
+# Every trace with a pending run waits to be judged; the upgrade then judges them all.
+TRACE_VERDICTS_BACKFILL_SQL = f"""
+UPDATE ai_runs SET {", ".join(f"{c} = NULL" for c in VERDICT_COLUMNS)}
+WHERE verdict_attempts IS NOT NULL;
+DELETE FROM traces_to_judge;
+INSERT INTO traces_to_judge SELECT DISTINCT trace_id FROM ai_runs WHERE reply_pending = 1;
 """

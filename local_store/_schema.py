@@ -21,6 +21,7 @@ from sqlite_utils.migrations import Migrations
 
 from . import _rollups
 from ._journal import replay_orphans
+from ._verdicts import refresh_verdicts
 from .exceptions import (
     StoreCorruptError,
     StoreNotFoundError,
@@ -100,6 +101,20 @@ def m008_views_retry_after(db: sqlite_utils.Database) -> None:
     _run_script(db, _ATTEMPTS_VIEWS_V8)
 
 
+@migrations()
+def m009_undelivered_verdicts(db: sqlite_utils.Database) -> None:
+    # undelivered reads each pending reply's verdict, judged ahead and kept by the
+    # writers (see _verdicts.py), instead of judging every trace when asked.
+    have = db["ai_runs"].columns_dict
+    for column in _rollups.VERDICT_COLUMNS:
+        if column not in have:
+            db.execute(f"ALTER TABLE ai_runs ADD COLUMN {column}")
+    script = [f"DROP TRIGGER IF EXISTS {name};" for name in _rollups.VERDICT_TRIGGERS]
+    script += [_rollups.TRACE_VERDICTS_SQL, _rollups.TRACE_VERDICTS_BACKFILL_SQL]
+    _run_script(db, "\n".join(script))
+    refresh_verdicts(db)
+
+
 def _run_script(db: sqlite_utils.Database, script: str) -> None:
     """Run ``script`` statement by statement inside the migration's transaction
     (``executescript`` would commit first, so a stopped backfill would leave half a
@@ -118,7 +133,7 @@ def _run_script(db: sqlite_utils.Database, script: str) -> None:
 KNOWN_MIGRATIONS = (
     "m001_initial", "m002_views", "m003_undelivered_by_trace", "m004_retry_after",
     "m005_summary_rollups", "m006_reply_pending", "m007_undelivered_indexes",
-    "m008_views_retry_after",
+    "m008_views_retry_after", "m009_undelivered_verdicts",
 )
 SCHEMA_VERSION = len(KNOWN_MIGRATIONS)
 

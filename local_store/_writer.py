@@ -36,6 +36,10 @@ by whichever commit happens to cross SQLite's auto-checkpoint threshold: a check
 copies every page written since the last one, and on the caller's thread, after a
 prune or a burst, that can take hundreds of milliseconds.
 
+About once a second the background thread also judges the traces queued in
+``traces_to_judge`` (``_verdicts.py``), a few hundred per transaction, so that
+``undelivered`` finds their verdicts kept.
+
 Nothing raises into the caller. Rows that cannot be kept (queue full) are counted
 in the ``drops`` table by reason; so are write errors. Rows that fail to write stay
 queued and are retried, so a fault that clears within the queue bound loses nothing.
@@ -55,6 +59,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import sqlite_utils
+
 from ._journal import Journal, replay_orphans
 from ._ratelimit import RateLimitedLog
 from ._rescue import rescue_interrupted
@@ -69,6 +75,7 @@ from ._rows import (
     attempt_params,
 )
 from ._schema import connect, open_store
+from ._verdicts import refresh_verdicts
 from .exceptions import StoreCorruptError, StoreError, StoreUpgradeNeededError
 
 __all__ = ["DEFAULT_MAX_QUEUE", "TABLE_COLUMNS", "StoreWriter"]
@@ -95,6 +102,11 @@ _BG_BUSY_TRY_SECONDS = 0.02
 _BG_BUSY_GIVE_UP_SECONDS = 5.0
 # How often the background thread looks for journals left by dead processes.
 _ORPHAN_CHECK_SECONDS = 1.0
+# How often the background thread judges the traces waiting for a verdict
+# (``_verdicts.py``), how many per transaction, and for how long at most per turn.
+_JUDGE_EVERY_SECONDS = 1.0
+_JUDGE_BATCH = 200
+_JUDGE_TURN_SECONDS = 0.1
 # The key under which a queued row carries the journal segment that holds it.
 _JOURNALED = "\0journal"
 
@@ -235,6 +247,7 @@ class StoreWriter:
         self._read_identity: tuple[int, int] | None = None
         self._read_checked = 0.0  # monotonic time the read connection's file was checked
         self._next_orphan_check = time.monotonic() + _ORPHAN_CHECK_SECONDS
+        self._next_judging = time.monotonic() + _JUDGE_EVERY_SECONDS
         self._hot_conn: sqlite3.Connection | None = None
         self._hot_identity: tuple[int, int] | None = None
         self._hot_open_until = 0.0  # monotonic time the hot path stays bypassed until
@@ -694,6 +707,7 @@ class StoreWriter:
             if ok:
                 self._maybe_checkpoint()
                 self._maybe_replay_orphans()
+                self._maybe_judge()
             with self._cond:
                 if ok:
                     self._flushed_through = target
@@ -852,6 +866,41 @@ class StoreWriter:
         except Exception as exc:
             self._log.warning("replay", "otel-delivery could not replay journals of %s (%s)",
                               self.path, exc)
+
+    def _maybe_judge(self) -> None:
+        """Now and then, judge the traces waiting for a verdict, so ``undelivered``
+        finds them kept (``_verdicts.py``): a few hundred per transaction, our lock
+        let go between transactions, for at most ``_JUDGE_TURN_SECONDS`` a turn."""
+        if time.monotonic() < self._next_judging:
+            return
+        self._next_judging = time.monotonic() + _JUDGE_EVERY_SECONDS
+        turn_ends = time.monotonic() + _JUDGE_TURN_SECONDS
+        try:
+            conn = self._bg_connection()
+            if conn is None:
+                return
+            db = sqlite_utils.Database(conn, execute_plugins=False)
+            while True:
+                with self._lock:
+                    self._bg_lock_since = time.monotonic()
+                    try:
+                        conn.execute("BEGIN IMMEDIATE")
+                        try:
+                            taken = refresh_verdicts(db, limit=_JUDGE_BATCH)
+                            conn.execute("COMMIT")
+                        except BaseException:
+                            conn.rollback()
+                            raise
+                    finally:
+                        self._bg_lock_since = 0.0
+                with self._cond:
+                    self._bg_commits += 1
+                if taken < _JUDGE_BATCH or time.monotonic() >= turn_ends:
+                    return
+                time.sleep(0.0005)  # let a waiting hot-path call take the lock
+        except Exception as exc:
+            self._log.warning("judge", "otel-delivery could not judge undelivered replies "
+                              "in %s (%s)", self.path, exc)
 
     def _write_batch(
         self,

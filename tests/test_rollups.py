@@ -26,7 +26,8 @@ import local_store._queries as queries
 from local_store import health, open_store, prune, summary, undelivered
 from local_store._reading import has_rollups, liveness_params
 from local_store._rescue import DEFAULT_STALE_AFTER_MS, rescue_interrupted
-from local_store._rollups import ROLLUP_BACKFILL_SQL
+from local_store._rollups import ROLLUP_BACKFILL_SQL, VERDICT_COLUMNS
+from local_store._verdicts import judge_traces, refresh_verdicts
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -53,6 +54,10 @@ _RUN = (
     "INSERT INTO ai_runs (trace_id, span_id, channel, status, reply_produced, "
     "started_at_ms, ended_at_ms) VALUES (?, ?, ?, 'ok', ?, ?, ?)"
 )
+_ENQUEUE = (
+    "INSERT INTO enqueues (trace_id, span_id, delivery_id, channel, status, error_type, "
+    "error_text, started_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 CHANNELS = ["telegram", "slack", None, "", "42"]
 ERRORS = [("TimedOut", "transient"), ("Forbidden", "permanent"), (None, None),
           ("TimedOut", None)]
@@ -71,7 +76,17 @@ def _writers(conn: sqlite3.Connection) -> list[int]:
     return ids
 
 
-def _populate(db: sqlite_utils.Database, rng: random.Random, deliveries: int) -> None:
+def _judge(db: sqlite_utils.Database) -> None:
+    """What the background writer does now and then: judge the waiting traces."""
+    db.conn.execute("BEGIN IMMEDIATE")
+    refresh_verdicts(db)
+    db.conn.execute("COMMIT")
+
+
+def _populate(
+    db: sqlite_utils.Database, rng: random.Random, deliveries: int, judge: float = 0.0
+) -> None:
+    """``judge``: the chance that the waiting traces are judged after each write."""
     conn = db.conn
     writers = _writers(conn)
     ops: list[tuple[float, str, tuple[Any, ...]]] = []
@@ -110,9 +125,21 @@ def _populate(db: sqlite_utils.Database, rng: random.Random, deliveries: int) ->
         when = rng.choice([t0 - 10, t0 + 2, at + HOUR])
         ops.append((when, _RUN, (trace, f"r{d}", channel, rng.choice([1, 1, 1, 0, None]),
                                  t0 - 5_000, t0 - 1_000)))
+        # An enqueue, now and then: of this delivery, of none, or of one never tried.
+        if rng.random() < 0.3:
+            failed = rng.random() < 0.6
+            when = rng.choice([t0 - 500, at + 2 * HOUR])  # before its run, or long after
+            ops.append((when, _ENQUEUE, (
+                trace, f"e{d}", rng.choice([f"d{d}", None, f"never{d}"]), channel,
+                "failed" if failed else "ok", "QueueFull" if failed else None,
+                f"queue full ({d})" if failed else None, when,
+            )))
     ops.sort(key=lambda op: op[0])
     for _, sql, params in ops:
         conn.execute(sql, params)
+        if judge and rng.random() < judge:
+            conn.commit()
+            _judge(db)
     conn.commit()
 
 
@@ -205,6 +232,15 @@ def check(db: sqlite_utils.Database, monkeypatch: pytest.MonkeyPatch) -> None:
         with _scanning(monkeypatch):
             assert undelivered(db, since_seconds=since_seconds, now_ms=NOW) == fast_u
             assert health(db, since_seconds=since_seconds, now_ms=NOW) == fast_h
+    check_verdicts(db)
+    # Judged now, every pending trace's verdict is kept, and the answers stay the same.
+    _judge(db)
+    assert db.execute("SELECT COUNT(*) FROM traces_to_judge").fetchone()[0] == 0
+    check_verdicts(db)
+    for since_ms in WINDOWS:
+        with _scanning(monkeypatch):
+            scanned_u = undelivered(db, since_seconds=since_ms / 1000, now_ms=NOW)
+        assert undelivered(db, since_seconds=since_ms / 1000, now_ms=NOW) == scanned_u
     # reply_pending is exactly its definition.
     wrong = db.execute(
         "SELECT COUNT(*) FROM ai_runs r WHERE r.reply_pending IS NOT (r.reply_produced IS 1 "
@@ -231,6 +267,24 @@ def check(db: sqlite_utils.Database, monkeypatch: pytest.MonkeyPatch) -> None:
     assert kept == rebuilt
 
 
+def check_verdicts(db: sqlite_utils.Database) -> None:
+    """Every pending run's trace waits to be judged, or the run has the verdict judging
+    it now would give; no other run has one, and no other trace waits."""
+    pending = {t for (t,) in db.execute(
+        "SELECT trace_id FROM ai_runs WHERE reply_pending = 1").fetchall()}
+    waiting = {t for (t,) in db.execute("SELECT trace_id FROM traces_to_judge").fetchall()}
+    fresh = judge_traces(db, pending, {"dead": "[]", "stale": None}, covered=True)
+    for run_id, t, pending_now, *kept in db.execute(
+        f"SELECT id, trace_id, reply_pending, {', '.join(VERDICT_COLUMNS)} FROM ai_runs"
+    ).fetchall():
+        if not pending_now:
+            assert kept == [None] * len(kept), run_id
+        elif t not in waiting:
+            reason, *rest, live = fresh[t]
+            assert kept == [None if live else reason, *rest], run_id
+    assert waiting <= pending
+
+
 def _rollups(db: sqlite_utils.Database) -> tuple[list[Any], list[Any]]:
     return (
         db.execute("SELECT * FROM attempt_rollup WHERE n != 0 ORDER BY 1, 2, 3, 4, 5, 6")
@@ -246,7 +300,7 @@ def test_rollups_answer_as_the_rows_do(
 ) -> None:
     rng = random.Random(seed)
     db = open_store(tmp_path / "d.db", create=True)
-    _populate(db, rng, deliveries=160)
+    _populate(db, rng, deliveries=160, judge=0.2)
     assert db.execute("SELECT COUNT(*) FROM attempts WHERE status = 'started'").fetchone()[0]
     check(db, monkeypatch)
 
@@ -262,6 +316,41 @@ def test_rollups_answer_as_the_rows_do(
         db.execute("UPDATE attempts SET delivery_id = 'd3', channel = 'moved' WHERE id = ?", [i])
     for i in rng.sample(ids, 20):
         db.execute("DELETE FROM attempts WHERE id = ?", [i])
+    db.conn.commit()
+    check(db, monkeypatch)
+
+    # ...and enqueues, runs and attempts moved between traces, with some judged between.
+    enqueue_ids = [r[0] for r in db.execute("SELECT id FROM enqueues").fetchall()]
+    traces = [r[0] for r in db.execute("SELECT DISTINCT trace_id FROM ai_runs").fetchall()]
+    for i in rng.sample(enqueue_ids, 10):
+        db.execute("UPDATE enqueues SET status = CASE status WHEN 'failed' THEN 'ok' "
+                   "ELSE 'failed' END WHERE id = ?", [i])
+    for i in rng.sample(enqueue_ids, 5):
+        db.execute("UPDATE enqueues SET delivery_id = 'd7', error_text = 'moved' WHERE id = ?",
+                   [i])
+    _judge(db)
+    for i in rng.sample(enqueue_ids, 5):
+        db.execute("DELETE FROM enqueues WHERE id = ?", [i])
+    for i in rng.sample(ids, 8):
+        db.execute("UPDATE attempts SET trace_id = ? WHERE id = ?", [rng.choice(traces), i])
+    for i in rng.sample(ids, 8):
+        db.execute("UPDATE attempts SET error_text = 'changed', final = 1 WHERE id = ?", [i])
+    run_ids = [r[0] for r in db.execute("SELECT id FROM ai_runs").fetchall()]
+    for i in rng.sample(run_ids, 8):
+        db.execute("UPDATE ai_runs SET reply_produced = 1 - COALESCE(reply_produced, 0) "
+                   "WHERE id = ?", [i])
+    for i in rng.sample(run_ids, 4):
+        db.execute("UPDATE ai_runs SET trace_id = ? WHERE id = ?", [rng.choice(traces), i])
+    for i in rng.sample(run_ids, 4):
+        db.execute("DELETE FROM ai_runs WHERE id = ?", [i])
+    # Runs written pending from the start (by hand), where no attempt delivered.
+    unsent = [r[0] for r in db.execute(
+        "SELECT DISTINCT trace_id FROM ai_runs r WHERE NOT EXISTS (SELECT 1 FROM attempts a "
+        "WHERE a.trace_id = r.trace_id AND a.status = 'delivered')").fetchall()]
+    for n, trace in enumerate(rng.sample(unsent, 6)):
+        db.execute(
+            "INSERT INTO ai_runs (trace_id, span_id, status, reply_produced, reply_pending, "
+            "started_at_ms) VALUES (?, ?, 'ok', 1, 1, ?)", [trace, f"hand{n}", NOW - HOUR])
     db.conn.commit()
     check(db, monkeypatch)
 
@@ -296,14 +385,18 @@ def test_an_older_store_gets_rollups_and_pending_runs_on_upgrade(
     db.execute("DROP TABLE attempt_rollup")
     db.execute("DROP TABLE delivery_rollup")
     db.execute("DROP TABLE rollup_recount")
-    db.execute("DROP INDEX idx_runs_pending_cover")
     db.execute("DROP INDEX idx_runs_pending_trace")
     db.execute("DROP INDEX idx_attempts_unsent")
     db.execute("DROP INDEX idx_enqueues_failed_trace")
     db.execute("DROP TABLE split_deliveries")
+    db.execute("DROP TABLE traces_to_judge")
+    db.execute("DROP INDEX idx_runs_pending_verdict")
+    for column in VERDICT_COLUMNS:
+        db.execute(f"ALTER TABLE ai_runs DROP COLUMN {column}")
     db.execute("ALTER TABLE ai_runs DROP COLUMN reply_pending")
     db.execute("DELETE FROM _sqlite_migrations WHERE name IN "
-               "('m005_summary_rollups', 'm006_reply_pending', 'm007_undelivered_indexes')")
+               "('m005_summary_rollups', 'm006_reply_pending', 'm007_undelivered_indexes', "
+               "'m009_undelivered_verdicts')")
     db.conn.commit()
     _populate(db, random.Random(9), deliveries=120)
     db.close()
@@ -350,7 +443,7 @@ def test_undelivered_reads_only_its_covering_indexes(tmp_path: Path, analyzed: b
 
     plans = [plan(s) for s in statements if s.lstrip().upper().startswith(("SELECT", "WITH"))]
     wanted = {
-        "ai_runs": "COVERING INDEX idx_runs_pending_cover",
+        "ai_runs": "COVERING INDEX idx_runs_pending_verdict",
         "attempts": "COVERING INDEX idx_attempts_unsent",
         "enqueues": "COVERING INDEX idx_enqueues_failed_trace",
     }

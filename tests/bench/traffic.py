@@ -40,6 +40,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 import otel_delivery
 from local_store import open_store
+from local_store._verdicts import refresh_verdicts
 from local_store._writer import TABLE_COLUMNS
 from otel_delivery import arg
 
@@ -340,7 +341,8 @@ class BulkWriter:
     """Writes messages' rows straight into a store (see the module docstring).
 
     The store is created by ``open_store`` exactly as a gateway creates it; the writer
-    registers itself in ``writers`` like a ``StoreWriter`` does. ``synchronous=OFF``
+    registers itself in ``writers`` like a ``StoreWriter`` does, and judges the pending
+    replies' verdicts after each batch as its background thread does. ``synchronous=OFF``
     and a large page cache only change how fast the file is built, not what is in it.
 
     >>> with BulkWriter(path) as bulk:  # doctest: +SKIP
@@ -385,6 +387,8 @@ class BulkWriter:
                     self.conn.executemany(_INSERT[table], rows)
                     self.counts[table] += len(rows)
                     rows.clear()
+            # What a gateway's background writer does after its batches.
+            refresh_verdicts(self.db)
 
     def close(self) -> None:
         # As a gateway leaves it: writer closed, WAL folded back into the file.
