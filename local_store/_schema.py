@@ -101,6 +101,10 @@ def m008_views_retry_after(db: sqlite_utils.Database) -> None:
     _run_script(db, _ATTEMPTS_VIEWS_V8)
 
 
+# Traces judged per statement by m009's backfill.
+_JUDGE_SLICE = 5_000
+
+
 @migrations()
 def m009_undelivered_verdicts(db: sqlite_utils.Database) -> None:
     # undelivered reads each pending reply's verdict, judged ahead and kept by the
@@ -112,7 +116,10 @@ def m009_undelivered_verdicts(db: sqlite_utils.Database) -> None:
     script = [f"DROP TRIGGER IF EXISTS {name};" for name in _rollups.VERDICT_TRIGGERS]
     script += [_rollups.TRACE_VERDICTS_SQL, _rollups.TRACE_VERDICTS_BACKFILL_SQL]
     _run_script(db, "\n".join(script))
-    refresh_verdicts(db)
+    # In slices, so that a large store's upgrade holds a few thousand traces' rows in
+    # memory at a time, not every pending trace's (182k at 10M attempts).
+    while refresh_verdicts(db, limit=_JUDGE_SLICE):
+        pass
 
 
 def _run_script(db: sqlite_utils.Database, script: str) -> None:

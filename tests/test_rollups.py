@@ -23,6 +23,7 @@ import pytest
 import sqlite_utils
 
 import local_store._queries as queries
+import local_store._schema as schema
 from local_store import health, open_store, prune, summary, undelivered
 from local_store._reading import has_rollups, liveness_params
 from local_store._rescue import DEFAULT_STALE_AFTER_MS, rescue_interrupted
@@ -408,7 +409,12 @@ def test_an_older_store_gets_rollups_and_pending_runs_on_upgrade(
     before_u = undelivered(ro, since_seconds=7 * 86400, now_ms=NOW)
     ro.close()
 
+    # The upgrade judges every pending trace (in slices of 7 here).
+    monkeypatch.setattr(schema, "_JUDGE_SLICE", 7)
     db = open_store(path, create=True)
+    monkeypatch.undo()
+    assert db.execute("SELECT COUNT(*) FROM traces_to_judge").fetchone()[0] == 0
+    assert db.execute("SELECT COUNT(*) FROM ai_runs WHERE reply_pending = 1").fetchone()[0] > 7
     check(db, monkeypatch)
     assert summary(db, since_seconds=7 * 86400, now_ms=NOW) == before
     assert undelivered(db, since_seconds=7 * 86400, now_ms=NOW) == before_u
