@@ -115,6 +115,12 @@ class _StoreBusy(Exception):
     """Another process holds the write lock; the batch was not started."""
 
 
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """True for SQLITE_BUSY: another connection holds the write lock."""
+    code = getattr(exc, "sqlite_errorcode", None)  # None before Python 3.11
+    return code & 0xFF == 5 if isinstance(code, int) else "locked" in str(exc)
+
+
 def _is_row_problem(exc: BaseException) -> bool:
     """True when a write failed because of the row itself, not the store."""
     if isinstance(exc, StoreError):
@@ -881,26 +887,37 @@ class StoreWriter:
                 return
             db = sqlite_utils.Database(conn, execute_plugins=False)
             while True:
-                with self._lock:
-                    self._bg_lock_since = time.monotonic()
-                    try:
-                        conn.execute("BEGIN IMMEDIATE")
-                        try:
-                            taken = refresh_verdicts(db, limit=_JUDGE_BATCH)
-                            conn.execute("COMMIT")
-                        except BaseException:
-                            conn.rollback()
-                            raise
-                    finally:
-                        self._bg_lock_since = 0.0
-                with self._cond:
-                    self._bg_commits += 1
+                taken = self._judge_some(conn, db)
                 if taken < _JUDGE_BATCH or time.monotonic() >= turn_ends:
                     return
                 time.sleep(0.0005)  # let a waiting hot-path call take the lock
         except Exception as exc:
             self._log.warning("judge", "otel-delivery could not judge undelivered replies "
                               "in %s (%s)", self.path, exc)
+
+    def _judge_some(self, conn: sqlite3.Connection, db: sqlite_utils.Database) -> int:
+        """One transaction of :meth:`_maybe_judge`; 0 when another process is writing
+        (the next turn tries again)."""
+        with self._lock:
+            self._bg_lock_since = time.monotonic()
+            try:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if _is_busy(exc):
+                        return 0
+                    raise
+                try:
+                    taken = refresh_verdicts(db, limit=_JUDGE_BATCH)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.rollback()
+                    raise
+            finally:
+                self._bg_lock_since = 0.0
+        with self._cond:
+            self._bg_commits += 1
+        return taken
 
     def _write_batch(
         self,
@@ -920,9 +937,8 @@ class StoreWriter:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            code = getattr(exc, "sqlite_errorcode", None)  # None before Python 3.11
-            if code & 0xFF == 5 if isinstance(code, int) else "locked" in str(exc):
-                raise _StoreBusy() from exc  # SQLITE_BUSY
+            if _is_busy(exc):
+                raise _StoreBusy() from exc
             raise
         try:
             if one_by_one:

@@ -171,3 +171,29 @@ def test_the_background_writer_judges_what_it_wrote(
         db.close()
     finally:
         writer.close()
+
+
+def test_the_writer_judges_later_when_another_process_holds_the_store(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "d.db"
+    writer = StoreWriter(path, service="gw")
+    other = open_store(path)
+    try:
+        writer.submit("ai_runs", {
+            "trace_id": "t0", "span_id": "r0", "status": "ok", "reply_produced": 1,
+            "started_at_ms": NOW - 40 * MIN, "ended_at_ms": NOW - 39 * MIN,
+        })
+        assert writer.flush()
+        other.conn.execute("BEGIN IMMEDIATE")  # a prune, say, or someone with sqlite3
+        time.sleep(2.2)  # two of the writer's turns to judge
+        assert _waiting(other) == {"t0"}
+        other.conn.execute("COMMIT")
+        deadline = time.monotonic() + 10
+        while _waiting(other) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _kept(other) == [("t0", "no_attempt", 0)]
+        assert "could not judge" not in caplog.text
+    finally:
+        other.close()
+        writer.close()
