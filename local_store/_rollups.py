@@ -482,19 +482,22 @@ _JUDGED = (
 )
 
 
-def _judge_again(t: str, unless: str = "0") -> str:
+def _judge_again(t: str, unless: str | None = None) -> str:
     """Queue trace ``t`` to be judged again if it has a pending run (and not ``unless``)."""
+    but = f"NOT ({unless}) AND " if unless else ""
     return (
         f"INSERT INTO traces_to_judge SELECT {t} "
-        f"WHERE NOT ({unless}) AND {_HAS_PENDING_RUN.format(t=t)} {_NOTHING}"
+        f"WHERE {but}{_HAS_PENDING_RUN.format(t=t)} {_NOTHING}"
     )
 
 
-def _judge_delivery_again(d: str, unless: str = "0") -> str:
-    """Queue every trace with an attempt of delivery ``d`` and a pending run."""
+def _judge_delivery_again(d: str, unless: str | None = None) -> str:
+    """Queue every trace with an attempt of delivery ``d`` and a pending run (and not
+    ``unless``)."""
+    but = f"NOT ({unless}) AND " if unless else ""
     return (
         "INSERT INTO traces_to_judge SELECT DISTINCT o.trace_id FROM attempts o "
-        f"WHERE NOT ({unless}) AND o.delivery_id = {d} "
+        f"WHERE {but}o.delivery_id = {d} "
         f"AND {_HAS_PENDING_RUN.format(t='o.trace_id')} {_NOTHING}"
     )
 
