@@ -72,6 +72,14 @@ def _waiting(db: sqlite_utils.Database) -> set[str]:
     return {t for (t,) in db.execute("SELECT trace_id FROM traces_to_judge").fetchall()}
 
 
+def _wait_until_judged(db: sqlite_utils.Database, seconds: float = 10) -> None:
+    """Until the background writer has judged every queued trace (about a second)."""
+    deadline = time.monotonic() + seconds
+    while _waiting(db) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _waiting(db)
+
+
 def test_a_delivery_moving_between_traces_sends_both_to_be_judged_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -161,10 +169,7 @@ def test_the_background_writer_judges_what_it_wrote(
                                 "final": 1, "ended_at_ms": NOW - 29 * MIN})
             assert writer.flush()
         db = open_store(path)
-        deadline = time.monotonic() + 10
-        while _waiting(db) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _waiting(db)
+        _wait_until_judged(db)
         assert sorted(_kept(db)) == [(f"t{k}", "failed", 1) for k in range(3)]
         assert _reasons(db, monkeypatch) == {f"t{k}": ("failed", 1) for k in range(3)}
         assert not writer.stats().get("unwritable_row")
@@ -189,9 +194,7 @@ def test_the_writer_judges_later_when_another_process_holds_the_store(
         time.sleep(2.2)  # two of the writer's turns to judge
         assert _waiting(other) == {"t0"}
         other.conn.execute("COMMIT")
-        deadline = time.monotonic() + 10
-        while _waiting(other) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _wait_until_judged(other)
         assert _kept(other) == [("t0", "no_attempt", 0)]
         assert "could not judge" not in caplog.text
     finally:
