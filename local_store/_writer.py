@@ -896,8 +896,11 @@ class StoreWriter:
                               "in %s (%s)", self.path, exc)
 
     def _judge_some(self, conn: sqlite3.Connection, db: sqlite_utils.Database) -> int:
-        """One transaction of :meth:`_maybe_judge`; 0 when another process is writing
-        (the next turn tries again)."""
+        """One transaction of :meth:`_maybe_judge`; 0 when nothing waits (looked at
+        without the write lock, so an idle writer takes no lock for it) or another
+        process is writing (the next turn tries again)."""
+        if conn.execute("SELECT 1 FROM traces_to_judge LIMIT 1").fetchone() is None:
+            return 0
         with self._lock:
             self._bg_lock_since = time.monotonic()
             try:
@@ -915,8 +918,9 @@ class StoreWriter:
                     raise
             finally:
                 self._bg_lock_since = 0.0
-        with self._cond:
-            self._bg_commits += 1
+        if taken:
+            with self._cond:
+                self._bg_commits += 1
         return taken
 
     def _write_batch(
