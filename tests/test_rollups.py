@@ -6,7 +6,9 @@ runs written before, between and after their trace's attempts, deletes and prune
 are checked three ways after every step: ``summary`` against a computation in plain
 Python from the rows; ``summary``, ``undelivered`` and ``health`` against the same
 functions answering by scanning the rows (as for a store opened read-only before
-m005); and the rollup tables against a rebuild from scratch.
+m005); and the rollup tables against a rebuild from scratch. The verdicts kept on
+pending runs (m009) are judged at random points and checked after every step against
+judging them now, before and after the waiting traces are judged.
 """
 
 from __future__ import annotations
