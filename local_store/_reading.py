@@ -22,10 +22,12 @@ __all__ = [
     "effective_status",
     "has_rollups",
     "has_unsent_indexes",
+    "has_verdicts",
     "liveness_params",
     "lost_enqueues",
     "outcome_of",
     "rows",
+    "sqlite_order",
     "trace_delivery_outcomes",
 ]
 
@@ -202,7 +204,7 @@ def _judge(found: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
     try:
         judged.sort(key=lambda d: (d[_STARTED], d[_DELIVERY_ID]))
     except TypeError:  # values of mixed types: order them as SQLite does
-        judged.sort(key=lambda d: (_sqlite_order(d[_STARTED]), _sqlite_order(d[_DELIVERY_ID])))
+        judged.sort(key=lambda d: (sqlite_order(d[_STARTED]), sqlite_order(d[_DELIVERY_ID])))
     return [d[:_STARTED] for d in judged]
 
 
@@ -233,10 +235,10 @@ def _latest_key(row: Sequence[Any]) -> tuple[Any, ...]:
 
 
 def _latest_key_mixed(row: Sequence[Any]) -> tuple[Any, ...]:
-    return (_sqlite_order(row[_ATTEMPT]), _sqlite_order(row[_STARTED]), row[_STARTED + 1])
+    return (sqlite_order(row[_ATTEMPT]), sqlite_order(row[_STARTED]), row[_STARTED + 1])
 
 
-def _sqlite_order(value: Any) -> tuple[int, Any]:
+def sqlite_order(value: Any) -> tuple[int, Any]:
     """A sort key that orders values of mixed types as SQLite's ORDER BY does."""
     if value is None:
         return (0, 0)
@@ -305,7 +307,7 @@ def trace_delivery_outcomes(
         partial = {row[_DELIVERY_ID] for row in found if row[-1] != seen[row[_DELIVERY_ID]]}
     if partial:
         found = [row for row in found if row[_DELIVERY_ID] not in partial]
-        for delivery_id in sorted(partial, key=_sqlite_order):
+        for delivery_id in sorted(partial, key=sqlite_order):
             found += db.execute(
                 f"WITH {DEAD_CTE} SELECT {_ATTEMPT_FACTS} FROM attempts a "
                 f"WHERE a.delivery_id = :delivery_id ORDER BY {latest_first}",

@@ -38,7 +38,7 @@ from typing import Any
 
 import sqlite_utils
 
-from ._reading import _sqlite_order, lost_enqueues, rows, trace_delivery_outcomes
+from ._reading import lost_enqueues, rows, sqlite_order, trace_delivery_outcomes
 from ._rollups import VERDICT_COLUMNS
 
 __all__ = [
@@ -90,7 +90,7 @@ def judge_traces(
     """
     if not traces:
         return {}
-    params = {"traces": json.dumps(sorted(traces, key=_sqlite_order)), **liveness}
+    params = {"traces": json.dumps(sorted(traces, key=sqlite_order)), **liveness}
     outcomes: dict[Any, list[tuple[Any, ...]]] = defaultdict(list)
     for d in trace_delivery_outcomes(db, params, undelivered_traces=covered):
         outcomes[d[_TRACE_ID]].append(d)
