@@ -36,9 +36,9 @@ by whichever commit happens to cross SQLite's auto-checkpoint threshold: a check
 copies every page written since the last one, and on the caller's thread, after a
 prune or a burst, that can take hundreds of milliseconds.
 
-About once a second the background thread also judges the traces queued in
-``traces_to_judge`` (``_verdicts.py``), a few hundred per transaction, so that
-``undelivered`` finds their verdicts kept.
+About once a second, when this process has written since, the background thread
+also judges the traces queued in ``traces_to_judge`` (``_verdicts.py``), a few
+hundred per transaction, so that ``undelivered`` finds their verdicts kept.
 
 Nothing raises into the caller. Rows that cannot be kept (queue full) are counted
 in the ``drops`` table by reason; so are write errors. Rows that fail to write stay
@@ -254,6 +254,9 @@ class StoreWriter:
         self._read_checked = 0.0  # monotonic time the read connection's file was checked
         self._next_orphan_check = time.monotonic() + _ORPHAN_CHECK_SECONDS
         self._next_judging = time.monotonic() + _JUDGE_EVERY_SECONDS
+        # Set by every commit of rows (which may queue traces to judge): an idle writer
+        # makes no SQLite call for judging. True at first, to judge what waits already.
+        self._judging_wanted = True
         self._hot_conn: sqlite3.Connection | None = None
         self._hot_identity: tuple[int, int] | None = None
         self._hot_open_until = 0.0  # monotonic time the hot path stays bypassed until
@@ -573,6 +576,7 @@ class StoreWriter:
                 result = cur.fetchone() if returning else None
                 conn.commit()
                 self._hot_commits += 1
+                self._judging_wanted = True
             except Exception as exc:
                 if _is_row_problem(exc):
                     conn.rollback()
@@ -756,6 +760,7 @@ class StoreWriter:
                     self._in_flight = 0
                     self._bg_commits += 1
                     more = bool(self._queue)
+                self._judging_wanted = True
                 if more:
                     self._maybe_checkpoint()
                     # Let a waiting hot-path call take the lock between batches.
@@ -874,31 +879,40 @@ class StoreWriter:
                               self.path, exc)
 
     def _maybe_judge(self) -> None:
-        """Now and then, judge the traces waiting for a verdict, so ``undelivered``
-        finds them kept (``_verdicts.py``): a few hundred per transaction, our lock
-        let go between transactions, for at most ``_JUDGE_TURN_SECONDS`` a turn."""
-        if time.monotonic() < self._next_judging:
+        """Now and then, after this process has written, judge the traces waiting for
+        a verdict, so ``undelivered`` finds them kept (``_verdicts.py``): a few hundred
+        per transaction, our lock let go between transactions, for at most
+        ``_JUDGE_TURN_SECONDS`` a turn. An idle writer's thread makes no SQLite call for
+        it (a thread inside SQLite while the process forks is what a forked child must
+        never inherit)."""
+        if not self._judging_wanted or time.monotonic() < self._next_judging:
             return
         self._next_judging = time.monotonic() + _JUDGE_EVERY_SECONDS
+        self._judging_wanted = False
         turn_ends = time.monotonic() + _JUDGE_TURN_SECONDS
         try:
             conn = self._bg_connection()
             if conn is None:
+                self._judging_wanted = True
                 return
             db = sqlite_utils.Database(conn, execute_plugins=False)
             while True:
                 taken = self._judge_some(conn, db)
-                if taken < _JUDGE_BATCH or time.monotonic() >= turn_ends:
+                if taken is None or (taken == _JUDGE_BATCH and time.monotonic() >= turn_ends):
+                    self._judging_wanted = True  # busy, or more left: the next turn
+                    return
+                if taken < _JUDGE_BATCH:
                     return
                 time.sleep(0.0005)  # let a waiting hot-path call take the lock
         except Exception as exc:
+            self._judging_wanted = True
             self._log.warning("judge", "otel-delivery could not judge undelivered replies "
                               "in %s (%s)", self.path, exc)
 
-    def _judge_some(self, conn: sqlite3.Connection, db: sqlite_utils.Database) -> int:
-        """One transaction of :meth:`_maybe_judge`; 0 when nothing waits (looked at
-        without the write lock, so an idle writer takes no lock for it) or another
-        process is writing (the next turn tries again)."""
+    def _judge_some(self, conn: sqlite3.Connection, db: sqlite_utils.Database) -> int | None:
+        """One transaction of :meth:`_maybe_judge`: how many traces it judged (0 when
+        none waits, looked at without the write lock), or None when another process is
+        writing."""
         if conn.execute("SELECT 1 FROM traces_to_judge LIMIT 1").fetchone() is None:
             return 0
         with self._lock:
@@ -908,7 +922,7 @@ class StoreWriter:
                     conn.execute("BEGIN IMMEDIATE")
                 except sqlite3.OperationalError as exc:
                     if _is_busy(exc):
-                        return 0
+                        return None
                     raise
                 try:
                     taken = refresh_verdicts(db, limit=_JUDGE_BATCH)

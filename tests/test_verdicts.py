@@ -200,3 +200,27 @@ def test_the_writer_judges_later_when_another_process_holds_the_store(
     finally:
         other.close()
         writer.close()
+
+
+def test_an_idle_writer_makes_no_sqlite_call_to_judge(tmp_path: Path) -> None:
+    """A forked child must not inherit a thread inside SQLite: once it has judged what
+    it wrote, an idle writer's background thread leaves its connection alone."""
+    writer = StoreWriter(tmp_path / "d.db", service="gw")
+    try:
+        writer.submit("ai_runs", {
+            "trace_id": "t0", "span_id": "r0", "status": "ok", "reply_produced": 1,
+            "started_at_ms": NOW - 40 * MIN, "ended_at_ms": NOW - 39 * MIN,
+        })
+        assert writer.flush()
+        db = open_store(tmp_path / "d.db")
+        _wait_until_judged(db)
+        db.close()
+        time.sleep(1.2)  # the turn after the judging one finds the queue empty
+        statements: list[str] = []
+        assert writer._bg_conn is not None
+        writer._bg_conn.set_trace_callback(statements.append)
+        time.sleep(2.5)  # two more turns
+        writer._bg_conn.set_trace_callback(None)
+        assert statements == []
+    finally:
+        writer.close()
