@@ -1,7 +1,8 @@
-"""The README's "Instrumenting your gateway" snippets run, on the real frameworks.
+"""The framework snippets in docs/instrumenting.md (and the README) run, on the real frameworks.
 
-Each snippet is a file in tests/snippets/, shown verbatim in the README (checked
-here). Each one is driven the way its framework drives it (PTB's
+Each snippet is a file in tests/snippets/, shown verbatim in docs/instrumenting.md's
+"Framework examples" (the README shows one of them, verbatim too; both checked here).
+Each one is driven the way its framework drives it (PTB's
 ``Application.process_update``, aiogram's ``Dispatcher.feed_update``, slack-bolt's
 ``App.dispatch`` with a signed request, a plain asyncio consumer task), and sends
 through the real client to a local stub of the service.
@@ -49,14 +50,31 @@ SNIPPET_FILES = ["telegram_ptb.py", "telegram_aiogram.py", "slack_bolt_listener.
                  "asyncio_consumer.py"]
 
 
-def test_the_readme_shows_every_snippet_verbatim() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert "- [Instrumenting your gateway](#instrumenting-your-gateway)" in readme
-    before, section = readme.split("\n## Instrumenting your gateway\n", 1)
-    assert "\n## Instrumenting a gateway\n" in before  # it follows that section
+SHOWN = re.compile(r"<!-- (tests/snippets/\w+\.py) -->\n```python\n(.*?)```", re.S)
+
+
+def test_the_snippet_list_is_every_snippet_file() -> None:
+    files = {p.name for p in SNIPPETS.glob("*.py") if p.name != "__init__.py"}
+    assert files == set(SNIPPET_FILES)
+
+
+def test_the_docs_show_every_snippet_verbatim() -> None:
+    page = (ROOT / "docs" / "instrumenting.md").read_text()
+    _, found, section = page.partition("\n## Framework examples\n")
+    assert found
     section = section.split("\n## ", 1)[0]
-    shown = re.findall(r"<!-- (tests/snippets/\w+\.py) -->\n```python\n(.*?)```", section, re.S)
+    shown = SHOWN.findall(section)
     assert [path for path, _ in shown] == [f"tests/snippets/{f}" for f in SNIPPET_FILES]
+    for path, code in shown:
+        assert code == (ROOT / path).read_text(), f"docs copy of {path} differs from the file"
+
+
+def test_the_readme_shows_its_snippet_verbatim() -> None:
+    readme = (ROOT / "README.md").read_text()
+    shown = SHOWN.findall(readme)
+    assert [path for path, _ in shown] == ["tests/snippets/telegram_ptb.py"]
+    # Every marker is followed by a copy the pattern above can compare.
+    assert readme.count("<!-- tests/snippets/") == len(shown)
     for path, code in shown:
         assert code == (ROOT / path).read_text(), f"README copy of {path} differs from the file"
 

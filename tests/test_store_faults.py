@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace import TracerProvider
 import otel_delivery
 from otel_delivery import arg
 
-# The documented bound on any one wrapped call's extra wait (README "Guarantees").
+# The documented bound on any one wrapped call's extra wait (docs/guarantees.md).
 HOT_PATH_BOUND_SECONDS = 0.1
 CALLS = 200
 

@@ -1,1 +1,1 @@
-"""The README's "Instrumenting your gateway" snippets, verbatim, run by test_snippets.py."""
+"""The framework snippets of docs/instrumenting.md, verbatim, run by test_snippets.py."""
