@@ -445,8 +445,8 @@ class Gateway:
     """A gateway's four decorated steps, driven by :class:`Message` models.
 
     Each step continues the trace from the message's metadata dict (``carrier=``), the
-    way the README's gateway does. Failures are raised by the step and handled as a
-    gateway would (a swallowed enqueue failure, a retried send).
+    way docs/instrumenting.md's carrier example does. Failures are raised by the step
+    and handled as a gateway would (a swallowed enqueue failure, a retried send).
     """
 
     def __init__(self, clock: FakeClock | None = None) -> None:
