@@ -11,6 +11,7 @@ from ._prune import PruneResult, prune
 from ._queries import (
     ATTEMPT_STATUSES,
     DELIVERY_OUTCOMES,
+    MISUSE_REASONS,
     SUMMARY_GROUPINGS,
     HealthReport,
     Summary,
@@ -23,7 +24,7 @@ from ._queries import (
     summary,
     undelivered,
 )
-from ._reading import DeliveryOutcome
+from ._reading import DEFAULT_RETRY_WINDOW_SECONDS, DeliveryOutcome
 from ._readonly import readonly_query
 from ._schema import SCHEMA_VERSION, open_store
 from ._story import TraceStory, trace_story
@@ -41,7 +42,9 @@ from .exceptions import (
 
 __all__ = [
     "ATTEMPT_STATUSES",
+    "DEFAULT_RETRY_WINDOW_SECONDS",
     "DELIVERY_OUTCOMES",
+    "MISUSE_REASONS",
     "SCHEMA_VERSION",
     "SUMMARY_GROUPINGS",
     "DeliveryOutcome",

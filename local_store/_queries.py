@@ -22,6 +22,7 @@ from ._arguments import check_limit, check_seconds, resolve_now, window_start
 from ._durations import format_duration
 from ._reading import (
     DEAD_CTE,
+    DEFAULT_RETRY_WINDOW_SECONDS,
     effective_status,
     has_rollups,
     has_unsent_indexes,
@@ -37,6 +38,7 @@ from .exceptions import InvalidArgumentError
 __all__ = [
     "ATTEMPT_STATUSES",
     "DELIVERY_OUTCOMES",
+    "MISUSE_REASONS",
     "SUMMARY_GROUPINGS",
     "HealthReport",
     "Summary",
@@ -53,7 +55,15 @@ __all__ = [
 SUMMARY_GROUPINGS = ("channel", "error", "status")
 # Always reported, so a zero is visible; any other status a gateway writes is added.
 ATTEMPT_STATUSES = ("delivered", "failed", "interrupted", "in_flight")
-DELIVERY_OUTCOMES = ("delivered", "failed", "pending_retry", "interrupted", "in_flight")
+DELIVERY_OUTCOMES = (
+    "delivered", "failed", "abandoned", "pending_retry", "interrupted", "in_flight",
+)
+
+# Counted problems that lose no record but show the decorators are used wrongly: a
+# send with no trace context (it starts a trace of its own, so its reply looks
+# unsent), a carrier= that gave None or a non-mapping (the trace link is lost).
+# ``health`` reports them apart from drops.
+MISUSE_REASONS = ("orphan_send", "carrier_missing", "carrier_not_mapping", "record_if_error")
 
 _GROUP_COLUMNS = {
     "channel": ("channel",),
@@ -71,8 +81,10 @@ def _counts(keys: tuple[str, ...]) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class SummaryGroup:
-    """Counts for one group: attempts by status, and the deliveries they belong to by
-    final outcome (a delivery counts once per group it has an attempt in)."""
+    """Counts for one group: attempts by status, and (grouped by channel, and in the
+    total) the deliveries they belong to by final outcome. A delivery counts once per
+    channel it has an attempt on, so the channels' deliveries add up to the total
+    unless a delivery was tried on several channels."""
 
     key: dict[str, str | None]
     attempts: int
@@ -99,12 +111,16 @@ def summary(
     since_seconds: float,
     by: str = "channel",
     now_ms: int | None = None,
+    retry_window_seconds: float = DEFAULT_RETRY_WINDOW_SECONDS,
 ) -> Summary:
     """Attempts and deliveries in the window, grouped by channel, error or status.
 
-    ``by="error"`` counts failed attempts only, grouped by error type and failure class.
-    A delivery counts once in each group it has an attempt in the window, with its
-    final outcome judged on all of its attempts.
+    The total is the same whatever ``by`` is: every attempt started in the window, and
+    every delivery with one, its final outcome judged on all of its attempts. The
+    groups' attempts add up to it. ``by="error"`` groups failed attempts by error type
+    and failure class, and puts the attempts that did not fail in one group with no
+    error. Deliveries are counted per group only ``by="channel"``, once in each channel
+    they have an attempt on in the window.
 
     On a current store this reads the hourly and per-minute rollups that triggers keep
     (see ``_rollups.py``), the first partial minute of the window from the rows, and
@@ -122,7 +138,8 @@ def summary(
         )
     now = resolve_now(now_ms)
     start = window_start(now, since_seconds)
-    params = {"since": start, **liveness_params(db, now)}
+    check_seconds("retry_window_seconds", retry_window_seconds, allow_zero=True)
+    params = {"since": start, **liveness_params(db, now, retry_window_seconds)}
     keys = _GROUP_COLUMNS[by]
     if has_rollups(db):
         statuses_by_key, deliveries_by_key, total_deliveries = _summary_counts(
@@ -130,6 +147,8 @@ def summary(
         )
     else:
         statuses_by_key, deliveries_by_key, total_deliveries = _summary_scan(db, by, params)
+    if by != "channel":
+        deliveries_by_key = {}
 
     groups = []
     for key in {**statuses_by_key, **deliveries_by_key}:
@@ -186,12 +205,13 @@ def _summary_scan(
     """Attempts by status and deliveries by outcome per group, from the rows of the
     window (``source`` names the attempts as ``a``; ``only`` restricts them further)."""
     keys = _GROUP_COLUMNS[by]
-    only_failed = "AND a.status = 'failed'" if by == "error" else ""
     window = f"""{DEAD_CTE},
         win AS (
-            SELECT a.delivery_id, a.channel, a.error_type, a.failure_class,
+            SELECT a.delivery_id, a.channel,
+                   CASE WHEN a.status = 'failed' THEN a.error_type END AS error_type,
+                   CASE WHEN a.status = 'failed' THEN a.failure_class END AS failure_class,
                    {effective_status("a")} AS status
-            FROM {source} WHERE a.started_at_ms >= :since {only_failed} {only}
+            FROM {source} WHERE a.started_at_ms >= :since {only}
         )"""
     key_list = ", ".join(f"w.{k}" for k in keys)
     statuses: _Tally = {}
@@ -243,7 +263,6 @@ def _summary_counts(
     statuses: _Tally = {}
     deliveries: _Tally = {}
     total: dict[str, int] = {}
-    failed_only = "AND status = 'failed'" if by == "error" else ""
     key_cols = {
         "channel": decode("channel"),
         "error": f"{decode('error_type')}, {decode('failure_class')}",
@@ -251,28 +270,30 @@ def _summary_counts(
     }[by]
     for *key, status, n in db.execute(
         f"""SELECT {key_cols}, status, SUM(n) FROM (
-            SELECT * FROM attempt_rollup WHERE res = :h AND bucket >= :h0 {failed_only}
+            SELECT * FROM attempt_rollup WHERE res = :h AND bucket >= :h0
             UNION ALL
             SELECT * FROM attempt_rollup WHERE res = :m AND bucket >= :m0 AND bucket < :m1
-                {failed_only}
         ) GROUP BY {key_cols}, status HAVING SUM(n) != 0""",
         q,
     ).fetchall():
         _add(statuses, tuple(key), status, n)
     raw_keys = {
-        "channel": "a.channel", "error": "a.error_type, a.failure_class", "status": "a.status",
+        "channel": "a.channel",
+        "error": "CASE WHEN a.status = 'failed' THEN a.error_type END, "
+                 "CASE WHEN a.status = 'failed' THEN a.failure_class END",
+        "status": "a.status",
     }[by]
     for *key, status, n in db.execute(
         f"""SELECT {raw_keys}, a.status, COUNT(*) FROM attempts a
         WHERE a.started_at_ms >= :since AND a.started_at_ms < :edge
-          AND a.status != 'started' {failed_only.replace('status', 'a.status')}
+          AND a.status != 'started'
         GROUP BY {raw_keys}, a.status""",
         q,
     ).fetchall():
         _add(statuses, tuple(key), status, n)
 
     grouping = by
-    totals = "failed" if by == "error" else "all"
+    totals = "all"
     for part, n_key in ((grouping, len(_GROUP_COLUMNS[by])), (totals, 0)):
         key_sql = ", ".join([decode("k1"), decode("k2")][:n_key]) or "NULL"
         rows_ = db.execute(
@@ -306,6 +327,7 @@ def _summary_counts(
             total[outcome] = total.get(outcome, 0) + 1
         else:
             _add(deliveries, (key1, key2)[: len(_GROUP_COLUMNS[by])], outcome, 1)
+    _tell_abandoned(db, by, q, deliveries, total)
 
     # Deliveries with an attempt still 'started': from the rows, as the scan does
     # (found through the status index, then their attempts through the delivery index).
@@ -320,14 +342,53 @@ def _summary_counts(
     for outcome, n in more_total.items():
         total[outcome] = total.get(outcome, 0) + n
     # Their other attempts are in attempt_rollup already; the 'started' ones are not.
-    if by != "error":
-        started, _, _ = _summary_scan(
-            db, by, params, only="AND a.status = 'started'", statuses_only=True
-        )
-        for key, counts in started.items():
-            for status, n in counts.items():
-                _add(statuses, key, status, n)
+    started, _, _ = _summary_scan(
+        db, by, params, only="AND a.status = 'started'", statuses_only=True
+    )
+    for key, counts in started.items():
+        for status, n in counts.items():
+            _add(statuses, key, status, n)
     return statuses, deliveries, total
+
+
+def _tell_abandoned(
+    db: sqlite_utils.Database, by: str, q: dict[str, Any], deliveries: _Tally,
+    total: dict[str, int],
+) -> None:
+    """Split the rollups' ``pending_retry`` into ``abandoned`` and ``pending_retry``.
+
+    The rollups cannot know the present, so they file every failed, non-final latest
+    attempt as ``pending_retry``. Those still waiting (the latest attempt started
+    within the retry window, after :abandon_before) are few and recent: they are read
+    from the rows (failed attempts through the status index, then their deliveries'
+    attempts); every other one was abandoned.
+    """
+    xs = (
+        "(SELECT a.* FROM attempts a WHERE a.delivery_id IN (SELECT f.delivery_id FROM "
+        "attempts f WHERE f.status = 'failed' AND f.started_at_ms >= :abandon_before))"
+    )
+    found = db.execute(
+        f"""SELECT c.delivery_id, c.grouping, {decode('c.k1')}, {decode('c.k2')}, c.at
+        FROM ({contributions(xs)}) c
+        WHERE c.grouping IN (:g, 'all') AND c.at >= :since AND c.outcome = 'pending_retry'""",
+        {**q, "g": by},
+    ).fetchall()
+    waiting = {d for d, part, _, _, at in found if part == "all" and at >= q["abandon_before"]}
+    still: _Tally = {}
+    for delivery_id, part, key1, key2, _ in found:
+        if delivery_id in waiting:
+            key = ("all",) if part == "all" else (part, key1, key2)[: 1 + len(_GROUP_COLUMNS[by])]
+            _add(still, key, "n", 1)
+    for key, counts in [*deliveries.items(), ((), total)]:
+        pending = counts.pop("pending_retry", 0)
+        if not pending:
+            continue
+        lookup = ("all",) if key == () else (by, *key)
+        waiting_n = still.get(lookup, {}).get("n", 0)
+        if waiting_n:
+            counts["pending_retry"] = waiting_n
+        if pending - waiting_n:
+            counts["abandoned"] = counts.get("abandoned", 0) + pending - waiting_n
 
 
 # -- failures and interrupted attempts ----------------------------------------------
@@ -345,25 +406,33 @@ def failures(
     channel: str | None = None,
     limit: int = 50,
     now_ms: int | None = None,
+    retry_window_seconds: float = DEFAULT_RETRY_WINDOW_SECONDS,
 ) -> list[dict[str, Any]]:
-    """Failed attempts, newest first.
+    """Failed attempts, newest first, each with its delivery's outcome now
+    (``delivery_outcome``: ``failed``, ``abandoned``, ``pending_retry``, ``delivered``
+    by a later attempt, ...).
 
     >>> failures(db, since_seconds=86400, channel="telegram", limit=10)  # doctest: +SKIP
     [{'delivery_id': 'd1', 'attempt': 2, 'error_type': 'Forbidden', 'final': 1, ...}]
     """
     check_limit("limit", limit)
+    check_seconds("retry_window_seconds", retry_window_seconds, allow_zero=True)
+    now = resolve_now(now_ms)
     where = ["status = 'failed'"]
-    params: dict[str, Any] = {"limit": limit}
+    params: dict[str, Any] = {"limit": limit, **liveness_params(db, now, retry_window_seconds)}
     if since_seconds is not None:
         where.append("started_at_ms >= :since")
-        params["since"] = window_start(resolve_now(now_ms), since_seconds)
+        params["since"] = window_start(now, since_seconds)
     if channel is not None:
         where.append("channel = :channel")
         params["channel"] = channel
     return rows(
         db,
-        f"SELECT {_FAILURE_COLUMNS} FROM attempts WHERE {' AND '.join(where)} "
-        "ORDER BY started_at_ms DESC, id DESC LIMIT :limit",
+        f"""WITH {DEAD_CTE}, page AS (
+            SELECT {_FAILURE_COLUMNS} FROM attempts WHERE {' AND '.join(where)}
+            ORDER BY started_at_ms DESC, id DESC LIMIT :limit)
+        SELECT p.*, {outcome_of('p.delivery_id')} AS delivery_outcome FROM page p
+        ORDER BY p.started_at_ms DESC, p.id DESC""",
         params,
     )
 
@@ -438,11 +507,16 @@ class UndeliveredItem:
 
 @dataclass(frozen=True)
 class UndeliveredReport:
+    """``in_grace``: replies produced in the window that no attempt has delivered yet,
+    left out because they are younger than ``grace_seconds`` (their send may still be
+    on its way)."""
+
     since_seconds: float
     grace_seconds: float
     window_start_ms: int
     now_ms: int
     items: list[UndeliveredItem]
+    in_grace: int = 0
 
     @property
     def replies(self) -> int:
@@ -464,12 +538,14 @@ def undelivered(
     since_seconds: float,
     grace_seconds: float = 60,
     now_ms: int | None = None,
+    retry_window_seconds: float = DEFAULT_RETRY_WINDOW_SECONDS,
 ) -> UndeliveredReport:
     """Replies produced in the window, more than ``grace_seconds`` ago, that no attempt
     in their trace delivered; plus every failed enqueue in the window whose delivery
     was not delivered later, even when no AI run was recorded.
 
     ``reason`` is the worst thing that happened: ``enqueue_failed``, ``failed``,
+    ``abandoned`` (a transient failure and no retry within ``retry_window_seconds``),
     ``interrupted``, ``pending_retry``, ``in_flight``, or ``no_attempt``.
 
     The runs are found through ``ai_runs.reply_pending`` (a partial index of the runs
@@ -484,6 +560,7 @@ def undelivered(
     ['no_attempt', 'enqueue_failed']
     """
     check_seconds("grace_seconds", grace_seconds, allow_zero=True)
+    check_seconds("retry_window_seconds", retry_window_seconds, allow_zero=True)
     now = resolve_now(now_ms)
     start = window_start(now, since_seconds)
     params: dict[str, Any] = {"since": start, "settled": now - int(grace_seconds * 1000)}
@@ -516,10 +593,18 @@ def undelivered(
         ORDER BY r.started_at_ms, r.id""",
         params,
     ).fetchall()
+    (in_grace,) = db.execute(
+        f"""SELECT COUNT(*) FROM ai_runs r WHERE r.started_at_ms >= :since AND {not_delivered}
+          AND COALESCE(r.ended_at_ms, r.started_at_ms) > :settled""",
+        params,
+    ).fetchone()
     listed = {run[0] for run in runs}
-    judged = judge_traces(
-        db, {run[0] for run in runs if run[9]}, liveness_params(db, now), covered=covered
-    )
+    # A kept verdict of 'pending_retry' was judged without knowing the present: whether
+    # the retry window has passed (making it 'abandoned') is judged now, as are the
+    # verdicts that depend on liveness.
+    runs = [(*run[:9], run[9] or run[4] == "pending_retry") for run in runs]
+    liveness = liveness_params(db, now, retry_window_seconds)
+    judged = judge_traces(db, {run[0] for run in runs if run[9]}, liveness, covered=covered)
     items: list[UndeliveredItem] = []
     for trace_id, inbound_id, channel, at_ms, *stored, live in runs:
         reason, delivery_id, attempts, error_type, error_text = (
@@ -552,8 +637,9 @@ def undelivered(
     items.sort(key=lambda i: (i.at_ms, i.trace_id))
     return UndeliveredReport(
         since_seconds=float(since_seconds), grace_seconds=float(grace_seconds),
-        window_start_ms=start, now_ms=now, items=items,
+        window_start_ms=start, now_ms=now, items=items, in_grace=in_grace,
     )
+
 
 
 # -- health --------------------------------------------------------------------------
@@ -576,6 +662,8 @@ class HealthReport:
     enqueue_failures: int
     drops: dict[str, int]
     limits: dict[str, float]
+    misuse: dict[str, int]
+    undelivered_in_grace: int
 
     def headline(self) -> str:
         """One line for a healthy report (or a log line either way)."""
@@ -647,16 +735,21 @@ def health(
     max_undelivered: int = 0,
     max_enqueue_failures: int = 0,
     max_drops: int = 0,
+    max_misuse: int = 0,
     min_attempts_for_rate: int = 1,
     grace_seconds: float = 60,
     now_ms: int | None = None,
+    retry_window_seconds: float = DEFAULT_RETRY_WINDOW_SECONDS,
 ) -> HealthReport:
     """Check the window against limits, for cron and monitoring.
 
     The failure rate is failed attempts over all attempts, per channel, and is judged
     only on channels with at least ``min_attempts_for_rate`` attempts (counted from
     ``attempt_rollup``, see :func:`_attempts_by_channel`). Drops are the
-    ``drops`` rows whose latest drop falls in the window (their counts are totals).
+    ``drops`` rows whose latest drop falls in the window (their counts are totals);
+    the counted misuses of the decorators (:data:`MISUSE_REASONS`, such as a send with
+    no trace context) are reported apart, against ``max_misuse``. Replies younger
+    than ``grace_seconds`` are not judged yet; the report says how many.
 
     >>> report = health(db, since_seconds=3600)  # doctest: +SKIP
     >>> report.ok, report.reasons  # doctest: +SKIP
@@ -669,6 +762,7 @@ def health(
     for name, value in (
         ("max_interrupted", max_interrupted), ("max_undelivered", max_undelivered),
         ("max_enqueue_failures", max_enqueue_failures), ("max_drops", max_drops),
+        ("max_misuse", max_misuse),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise InvalidArgumentError(f"{name} must be a whole number >= 0, got {value!r}")
@@ -700,9 +794,11 @@ def health(
             f"{_plural(n_interrupted, 'interrupted attempt')} in the last {window} "
             f"(max {max_interrupted})"
         )
-    n_undelivered = undelivered(
-        db, since_seconds=since_seconds, grace_seconds=grace_seconds, now_ms=now
-    ).replies
+    unsent = undelivered(
+        db, since_seconds=since_seconds, grace_seconds=grace_seconds, now_ms=now,
+        retry_window_seconds=retry_window_seconds,
+    )
+    n_undelivered = unsent.replies
     if n_undelivered > max_undelivered:
         reasons.append(
             f"{_plural(n_undelivered, 'reply', 'replies')} produced but not delivered "
@@ -717,11 +813,20 @@ def health(
             f"{_plural(n_enqueue, 'enqueue failure')} in the last {window} "
             f"(max {max_enqueue_failures})"
         )
-    drops = dict(
+    counted = dict(
         db.execute(
             "SELECT reason, count FROM drops WHERE last_at_ms >= :since ORDER BY reason", params
         ).fetchall()
     )
+    misuse = {r: n for r, n in counted.items() if r in MISUSE_REASONS}
+    drops = {r: n for r, n in counted.items() if r not in MISUSE_REASONS}
+    if sum(misuse.values()) > max_misuse:
+        detail = ", ".join(f"{reason}: {n}" for reason, n in misuse.items())
+        reasons.append(
+            f"{_plural(sum(misuse.values()), 'decorated call')} lost their trace link "
+            f"({detail}), the latest in the last {window} (max {max_misuse}): give "
+            "@deliver the reply's carrier=, or call it inside the AI run"
+        )
     if sum(drops.values()) > max_drops:
         detail = ", ".join(f"{reason}: {n}" for reason, n in drops.items())
         reasons.append(
@@ -744,6 +849,10 @@ def health(
         limits={
             "max_failure_rate": max_failure_rate, "max_interrupted": max_interrupted,
             "max_undelivered": max_undelivered, "max_enqueue_failures": max_enqueue_failures,
-            "max_drops": max_drops, "min_attempts_for_rate": min_attempts_for_rate,
+            "max_drops": max_drops, "max_misuse": max_misuse,
+            "min_attempts_for_rate": min_attempts_for_rate, "grace_seconds": grace_seconds,
+            "retry_window_seconds": retry_window_seconds,
         },
+        misuse=misuse,
+        undelivered_in_grace=unsent.in_grace,
     )

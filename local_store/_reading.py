@@ -17,6 +17,7 @@ from ._rescue import DEFAULT_STALE_AFTER_MS, dead_writer_ids
 
 __all__ = [
     "DEAD_CTE",
+    "DEFAULT_RETRY_WINDOW_SECONDS",
     "DeliveryOutcome",
     "delivery_outcomes",
     "effective_status",
@@ -30,6 +31,10 @@ __all__ = [
     "sqlite_order",
     "trace_delivery_outcomes",
 ]
+
+#: How long after a transient failure a delivery waits for its next attempt before
+#: readers call it ``abandoned`` (the gateway gave up without saying so).
+DEFAULT_RETRY_WINDOW_SECONDS = 600
 
 # Writers that can no longer finish an attempt, passed in as a JSON array (:dead) so
 # the statement text does not depend on how many there are.
@@ -69,8 +74,12 @@ _LATEST_FIRST = "{a}.attempt DESC, {a}.started_at_ms DESC, {a}.id DESC"
 
 
 def _outcome_if_latest(a: str) -> str:
+    # A failed latest attempt that is not final waits for a retry; once the retry
+    # window (:abandon_before, from liveness_params) has passed without one, the
+    # gateway gave up: 'abandoned'. Derived when read, never written.
     return f"""CASE {effective_status(a)}
-            WHEN 'failed' THEN 'pending_retry'
+            WHEN 'failed' THEN CASE WHEN {a}.started_at_ms < :abandon_before
+                                    THEN 'abandoned' ELSE 'pending_retry' END
             WHEN 'interrupted' THEN 'interrupted'
             WHEN 'in_flight' THEN 'in_flight'
             ELSE 'other'
@@ -79,8 +88,10 @@ def _outcome_if_latest(a: str) -> str:
 
 def outcome_of(d: str) -> str:
     """How delivery ``d`` (an SQL expression) ended, judged on all of its attempts, not
-    only those in a window: ``delivered``, ``failed`` (for good), ``pending_retry``,
-    ``interrupted``, ``in_flight`` or ``other``. Needs the ``dead`` CTE.
+    only those in a window: ``delivered``, ``failed`` (for good), ``abandoned`` (its
+    last attempt failed, was not final, and no retry started within the retry window),
+    ``pending_retry``, ``interrupted``, ``in_flight`` or ``other``. Needs the ``dead``
+    CTE and :func:`liveness_params`.
 
     Each test is an index lookup by delivery id. :func:`delivery_outcomes` judges the
     same way from one read of each delivery's attempts.
@@ -127,11 +138,17 @@ def has_verdicts(db: sqlite_utils.Database) -> bool:
     return _applied(db, "m009_undelivered_verdicts")
 
 
-def liveness_params(db: sqlite_utils.Database, now_ms: int) -> dict[str, Any]:
-    """The :dead and :stale parameters of :func:`effective_status`, as of ``now_ms``."""
+def liveness_params(
+    db: sqlite_utils.Database,
+    now_ms: int,
+    retry_window_seconds: float = DEFAULT_RETRY_WINDOW_SECONDS,
+) -> dict[str, Any]:
+    """The :dead and :stale parameters of :func:`effective_status` and the
+    :abandon_before of :func:`outcome_of`, as of ``now_ms``."""
     return {
         "dead": json.dumps(dead_writer_ids(db.conn)),
         "stale": now_ms - DEFAULT_STALE_AFTER_MS,
+        "abandon_before": now_ms - int(retry_window_seconds * 1000),
     }
 
 

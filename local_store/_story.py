@@ -11,6 +11,7 @@ import sqlite_utils
 from ._arguments import resolve_now
 from ._reading import (
     DEAD_CTE,
+    DEFAULT_RETRY_WINDOW_SECONDS,
     DeliveryOutcome,
     delivery_outcomes,
     effective_status,
@@ -76,6 +77,7 @@ def trace_story(
     trace_id: str | None = None,
     delivery_id: str | None = None,
     now_ms: int | None = None,
+    retry_window_seconds: float = DEFAULT_RETRY_WINDOW_SECONDS,
 ) -> TraceStory:
     """The whole story of one message: received, AI run, enqueue, each attempt with its
     error, each delivery's outcome, and a one-line verdict. Give exactly one id.
@@ -105,7 +107,9 @@ def trace_story(
             "pruned, or recorded by a gateway writing to another store"
         )
     now = resolve_now(now_ms)
-    params = {"traces": json.dumps(trace_ids), **liveness_params(db, now)}
+    params = {
+        "traces": json.dumps(trace_ids), **liveness_params(db, now, retry_window_seconds),
+    }
     in_traces = "trace_id IN (SELECT value FROM json_each(:traces))"
     inbound = rows(
         db, f"SELECT * FROM inbound_messages WHERE {in_traces} ORDER BY received_at_ms, id",
@@ -147,13 +151,24 @@ def _failed(row: dict[str, Any]) -> bool:
     return row.get("status") in ("error", "failed") or row.get("error_type") is not None
 
 
+def _attempts(n: int) -> str:
+    return f"{n} attempt" if n == 1 else f"{n} attempts"
+
+
 def _delivery_phrase(d: DeliveryOutcome) -> str:
     error = _error_phrase(d.error_type, d.error_text)
     if d.outcome == "delivered":
         return f"delivered on attempt {d.delivered_attempt}"
     if d.outcome == "failed":
-        after = f" after {d.attempts} attempts" if d.attempts > 1 else ""
-        return f"failed permanently{after}: {error}"
+        after = f" after {_attempts(d.attempts)}" if d.attempts > 1 else ""
+        if d.failure_class == "permanent":
+            return f"failed permanently{after}: {error}"
+        return f"gave up after {_attempts(d.attempts)} (the last allowed): {error}"
+    if d.outcome == "abandoned":
+        return (
+            f"abandoned: no retry after {_attempts(d.attempts)} that failed transiently "
+            f"(last: {error})"
+        )
     if d.outcome == "pending_retry":
         return f"attempt {d.last_attempt} failed: {error}; a retry is pending"
     if d.outcome == "interrupted":

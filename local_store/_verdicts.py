@@ -49,7 +49,8 @@ __all__ = [
 ]
 
 UNDELIVERED_REASONS = (
-    "enqueue_failed", "failed", "interrupted", "pending_retry", "in_flight", "other", "no_attempt",
+    "enqueue_failed", "failed", "interrupted", "abandoned", "pending_retry", "in_flight", "other",
+    "no_attempt",
 )
 _RANKS = {reason: rank for rank, reason in enumerate(UNDELIVERED_REASONS)}
 # Positions in trace_delivery_outcomes' tuples (DeliveryOutcome's fields).
@@ -58,9 +59,11 @@ _DELIVERY_ID, _OUTCOME, _ATTEMPTS, _TRACE_ID, _ERROR_TYPE, _ERROR_TEXT = 0, 1, 2
 # (reason, delivery_id, attempts, error_type, error_text, depends_on_liveness)
 Verdict = tuple[str, Any, int, Any, Any, bool]
 
-# Liveness parameters under which no writer is dead and no row is stale: a 'started'
-# latest attempt is then judged 'in_flight', which marks a verdict that depends on it.
-_NO_LIVENESS = {"dead": "[]", "stale": None}
+# Liveness parameters under which no writer is dead, no row is stale and no retry
+# window has passed: a 'started' latest attempt is then judged 'in_flight', which marks
+# a verdict that depends on it, and a failed one 'pending_retry', which readers turn
+# into 'abandoned' once its window has passed (``undelivered``).
+_NO_LIVENESS = {"dead": "[]", "stale": None, "abandon_before": None}
 
 
 def _reason(outcome: str) -> str:

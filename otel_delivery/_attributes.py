@@ -26,6 +26,7 @@ DELIVERY_ID: Final = "otel_delivery.delivery_id"
 ATTEMPT: Final = "otel_delivery.attempt"
 MAX_ATTEMPTS: Final = "otel_delivery.max_attempts"
 CONVERSATION: Final = "otel_delivery.conversation"
+PART: Final = "otel_delivery.part"  # which part of a reply sent in several messages
 
 # -- outcomes (our namespace) ----------------------------------------------------------
 OUTCOME: Final = "otel_delivery.outcome"  # delivered | failed | interrupted (deliver); ok | failed
@@ -49,6 +50,7 @@ MESSAGING_DESTINATION_NAME: Final = "messaging.destination.name"
 MESSAGING_MESSAGE_ID: Final = "messaging.message.id"
 MESSAGING_CONVERSATION_ID: Final = "messaging.message.conversation_id"
 GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
+GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
 GEN_AI_AGENT_NAME: Final = "gen_ai.agent.name"
 GEN_AI_REQUEST_MODEL: Final = "gen_ai.request.model"
 GEN_AI_CONVERSATION_ID: Final = "gen_ai.conversation.id"
@@ -60,6 +62,7 @@ CARRIER_INBOUND_ID: Final = "otel-delivery-inbound-id"
 CARRIER_CHANNEL: Final = "otel-delivery-channel"
 CARRIER_CONVERSATION: Final = "otel-delivery-conversation"
 CARRIER_PRIOR_ATTEMPTS: Final = "otel-delivery-prior-attempts"
+CARRIER_DELIVERY_ID: Final = "otel-delivery-delivery-id"
 
 # Limits, documented in the README.
 ERROR_TEXT_LIMIT: Final = 512

@@ -86,9 +86,10 @@ def default_classifier(exc: BaseException) -> FailureClass:
 
 
 def error_type_name(exc: BaseException) -> str:
-    """The fully qualified class name, as ``error.type`` wants it (builtins unqualified)."""
+    """The fully qualified class name, as ``error.type`` wants it: ``module.QualName``
+    for every class (``__main__.SendError`` too), builtins alone unqualified."""
     cls = type(exc)
     module = getattr(cls, "__module__", "") or ""
-    if module in ("builtins", "__main__"):
+    if module == "builtins" or not module:
         return cls.__qualname__
     return f"{module}.{cls.__qualname__}"

@@ -30,6 +30,7 @@ from ._attributes import ERROR_TEXT_LIMIT
 from ._classify import Classifier
 from ._paths import resolve_store_path
 from ._processor import StoreSpanProcessor
+from ._sampling import record_locally
 from ._state import INSTRUMENTATION_NAME, Counters, Runtime, install, make_pseudonymizer, uninstall
 from .exceptions import ConfigError
 
@@ -439,8 +440,13 @@ def configure(
         for p in processors:
             provider.add_span_processor(p)
 
+        tracer = provider.get_tracer(INSTRUMENTATION_NAME, _VERSION)
+        if writer is not None:
+            # The store is the operator's record: every span of ours is recorded, and
+            # only export follows the sampler (see _sampling).
+            record_locally(tracer)
         rt = Runtime(
-            tracer=provider.get_tracer(INSTRUMENTATION_NAME, _VERSION),
+            tracer=tracer,
             classifier=classifier,
             pseudonymize=make_pseudonymizer(key_bytes) if key_bytes else None,
             error_text_limit=error_text_limit,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
@@ -24,6 +25,7 @@ from . import _attributes as A
 from ._chat_libraries import retry_after_seconds
 from ._classify import Classifier, default_classifier, error_type_name
 from ._extract import Extractor, JunkValue, coerce_value, compile_extractor
+from ._identity import delivery_key
 from ._propagation import (
     correlation_from,
     inject_into,
@@ -66,7 +68,9 @@ _FIELDS: dict[str, _Field] = {
     "attempt": _Field(A.ATTEMPT, as_int=True, identifier=False),
     "max_attempts": _Field(A.MAX_ATTEMPTS, as_int=True, identifier=False),
     "conversation": _Field(A.CONVERSATION),
+    "part": _Field(A.PART),
     "agent": _Field(A.GEN_AI_AGENT_NAME),
+    "provider": _Field(A.GEN_AI_PROVIDER_NAME),
     "model": _Field(A.GEN_AI_REQUEST_MODEL),
 }
 
@@ -93,15 +97,17 @@ _INBOUND = _Kind(
 )
 _AI_RUN = _Kind(
     A.KIND_AI_RUN, "invoke_agent", SpanKind.INTERNAL, "agent",
-    ("channel", "inbound_id", "conversation", "agent", "model"),
+    ("channel", "inbound_id", "conversation", "agent", "model", "provider"),
     ((A.GEN_AI_OPERATION_NAME, "invoke_agent"),),
     (("conversation", A.GEN_AI_CONVERSATION_ID),),
     writes_carrier=True,
 )
+# A chat-API send is a CLIENT span (messaging conventions v2): the trace context is
+# not injected into the outgoing message, which the platform delivers, not a consumer.
 _DELIVER = _Kind(
-    A.KIND_DELIVER, "send", SpanKind.PRODUCER, "channel",
+    A.KIND_DELIVER, "send", SpanKind.CLIENT, "channel",
     ("channel", "recipient", "inbound_id", "delivery_id", "attempt", "max_attempts",
-     "conversation"),
+     "conversation", "part"),
     ((A.MESSAGING_OPERATION_TYPE, "send"), (A.MESSAGING_OPERATION_NAME, "send")),
     (("channel", A.MESSAGING_SYSTEM), ("channel", A.MESSAGING_DESTINATION_NAME),
      ("conversation", A.MESSAGING_CONVERSATION_ID)),
@@ -191,6 +197,9 @@ class _Plan:
         classifier: Classifier | None,
         result_value: Callable[[Any], Any] | None,
         failed_if: Callable[[Any], bool] | None,
+        record_if: Callable[..., Any] | None = None,
+        retryable: Callable[..., Any] | None = None,
+        reply_carrier: Any = None,
     ) -> None:
         self.kind = kind
         static: dict[str, Any] = {A.KIND: kind.name}
@@ -217,9 +226,22 @@ class _Plan:
         self.body = compile_extractor(body, func) if body is not None else None
         if body is not None and self.body is None:
             raise TypeError("body= takes arg('param.path') or a callable, not a fixed value")
+        self.reply_carrier = (
+            compile_extractor(reply_carrier, func) if reply_carrier is not None else None
+        )
+        if reply_carrier is not None and self.reply_carrier is None:
+            raise TypeError(
+                "reply_carrier= takes arg('param.path') or a callable, not a fixed value"
+            )
+        for name, fn in (("record_if", record_if), ("retryable", retryable)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name}= takes a callable, got {type(fn).__name__}")
+        self.record_if = record_if
+        self.retryable = retryable
         self.classifier = classifier
         self.result_value = result_value
         self.failed_if = failed_if
+        self.keeps_args = body is not None or retryable is not None
         qualname = getattr(func, "__qualname__", None) or type(func).__name__
         self.code_function = str(qualname)
 
@@ -266,7 +288,9 @@ class _Plan:
                 found = None
             if isinstance(found, Mapping):
                 carrier = found
-            elif found is not None:
+            elif found is None:
+                _count(rt, "carrier_missing")
+            else:
                 _count(rt, "carrier_not_mapping")
         parent: Context | None = None
         if carrier is not None:
@@ -296,6 +320,20 @@ class _Plan:
         links: list[Link] = []
         if self.kind is _DELIVER:
             links = prior_attempt_links(carrier, parent)
+            parent_span = trace.get_current_span(ctx).get_span_context()
+            if not parent_span.is_valid:
+                _count(rt, "orphan_send")
+            if "delivery_id" not in values:
+                try:
+                    key, _rule = delivery_key(
+                        carrier, parent_span, values.get("channel"), values.get("recipient")
+                    )
+                except Exception as exc:
+                    _count(rt, "carrier_error", exc)
+                else:
+                    part = values.get("part")
+                    delivery_id = key if part is None else f"{key}.{part}"
+                    attributes[A.DELIVERY_ID] = delivery_id
         span = rt.tracer.start_span(
             span_name,
             context=ctx,
@@ -320,7 +358,32 @@ class _Plan:
                     record_attempt(carrier, span.get_span_context().span_id)
             except Exception as exc:
                 _count(rt, "carrier_error", exc)
-        return _Call(self, rt, span, token, secrets, (args, kwargs) if self.body else None)
+        if self.reply_carrier is not None:
+            self._write_reply_carrier(rt, args, kwargs, new_ctx, corr)
+        return _Call(self, rt, span, token, secrets, (args, kwargs) if self.keeps_args else None)
+
+    def _write_reply_carrier(
+        self, rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any],
+        ctx: Context, corr: dict[str, str],
+    ) -> None:
+        """Continue the reply's carrier from this run, so its sends are the run's children
+        (for gateways that copy the inbound's metadata into the reply before the run)."""
+        if self.reply_carrier is None:
+            return
+        try:
+            found = self.reply_carrier(args, kwargs)
+        except Exception as exc:
+            _count(rt, "carrier_error", exc)
+            return
+        if found is None:
+            _count(rt, "carrier_missing")
+        elif not isinstance(found, MutableMapping):
+            _count(rt, "carrier_not_mapping")
+        else:
+            try:
+                inject_into(found, ctx, corr)
+            except Exception as exc:
+                _count(rt, "carrier_error", exc)
 
 
 class _Call:
@@ -438,14 +501,28 @@ class _Call:
             span.set_attribute(A.OUTCOME, "interrupted")
             return
         span.set_attribute(A.OUTCOME, "failed")
-        failure_class = self._classify(exc) if exc is not None else "transient"
+        retry = self._retryable(exc) if exc is not None else None
+        if retry is None:
+            failure_class = self._classify(exc) if exc is not None else "transient"
+        else:
+            failure_class = "transient" if retry else "permanent"
         span.set_attribute(A.FAILURE_CLASS, failure_class)
         hint = retry_after_seconds(exc) if exc is not None else None
         if hint is not None:
             span.set_attribute(A.RETRY_AFTER_SECONDS, hint)
-        final = self._final(failure_class)
-        if final is not None:
-            span.set_attribute(A.FINAL, final)
+        span.set_attribute(A.FINAL, self._final(failure_class))
+
+    def _retryable(self, exc: BaseException) -> bool | None:
+        """The gateway's own retry decision (``retryable=``), or None when not given."""
+        predicate = self.plan.retryable
+        if predicate is None or self.call_args is None:
+            return None
+        args, kwargs = self.call_args
+        try:
+            return bool(predicate(exc, *args, **kwargs))
+        except Exception as inner:
+            _count(self.rt, "classifier_error", inner)
+            return None
 
     def _classify(self, exc: BaseException) -> str:
         for classifier in (self.plan.classifier, self.rt.classifier):
@@ -460,7 +537,10 @@ class _Call:
                 return verdict
         return default_classifier(exc)
 
-    def _final(self, failure_class: str) -> bool | None:
+    def _final(self, failure_class: str) -> bool:
+        """No retry follows: a permanent failure, or the gateway's last allowed attempt.
+        A transient failure with no known limit is not final; if no retry comes within
+        the retry window, readers report the delivery ``abandoned``."""
         if failure_class == "permanent":
             return True
         attributes = getattr(self.span, "attributes", None) or {}
@@ -468,7 +548,7 @@ class _Call:
         limit = attributes.get(A.MAX_ATTEMPTS)
         if isinstance(attempt, int) and isinstance(limit, int):
             return attempt >= limit
-        return None
+        return False
 
     def _end(self) -> None:
         try:
@@ -481,10 +561,42 @@ class _Call:
             _count(self.rt, "instrumentation_error", exc)
 
 
+_log = logging.getLogger("otel_delivery")
+_warned_unconfigured = False
+
+
+def _warn_unconfigured(rt: Runtime) -> None:
+    global _warned_unconfigured
+    rt.counters.add("unconfigured_call")
+    if not _warned_unconfigured:
+        _warned_unconfigured = True
+        _log.warning(
+            "otel-delivery: a decorated function ran before otel_delivery.configure(); "
+            "nothing is recorded in the local store until configure() is called at start-up "
+            "(this warning is shown once per process; later calls are counted as "
+            "'unconfigured_call')"
+        )
+
+
+def _wanted(plan: _Plan, rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """``record_if``'s answer; a predicate that raises records the call (and is counted)."""
+    if plan.record_if is None:
+        return True
+    try:
+        return bool(plan.record_if(*args, **kwargs))
+    except Exception as exc:
+        _count(rt, "record_if_error", exc)
+        return True
+
+
 def _begin(plan: _Plan, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call | None:
     try:
         rt = current()
         if not rt.enabled:
+            return None
+        if not is_configured(rt):
+            _warn_unconfigured(rt)
+        if not _wanted(plan, rt, args, kwargs):
             return None
         return plan.begin(rt, args, kwargs)
     except Exception as exc:
@@ -566,6 +678,7 @@ def inbound(
     carrier: Any = None,
     body: Any = None,
     attributes: Mapping[str, Any] | None = None,
+    record_if: Callable[..., Any] | None = None,
 ) -> Decorator: ...
 def inbound(
     func: Any = None,
@@ -578,6 +691,7 @@ def inbound(
     carrier: Any = None,
     body: Any = None,
     attributes: Mapping[str, Any] | None = None,
+    record_if: Callable[..., Any] | None = None,
 ) -> Any:
     """Wrap the handler of one inbound message: a ``process {channel}`` CONSUMER span.
 
@@ -590,7 +704,7 @@ def inbound(
     values = dict(channel=channel, sender=sender, inbound_id=inbound_id, conversation=conversation)
     return _decorator(
         _INBOUND, func, values, carrier=carrier, body=body, attributes=attributes,
-        classifier=None, result_value=None, failed_if=None,
+        classifier=None, result_value=None, failed_if=None, record_if=record_if,
     )
 
 
@@ -601,13 +715,16 @@ def ai_run(
     *,
     agent: Any = None,
     model: Any = None,
+    provider: Any = None,
     channel: Any = None,
     inbound_id: Any = None,
     conversation: Any = None,
     carrier: Any = None,
+    reply_carrier: Any = None,
     body: Any = None,
     reply_produced: Callable[[Any], bool] | None = None,
     attributes: Mapping[str, Any] | None = None,
+    record_if: Callable[..., Any] | None = None,
 ) -> Decorator: ...
 def ai_run(
     func: Any = None,
@@ -615,29 +732,39 @@ def ai_run(
     *,
     agent: Any = None,
     model: Any = None,
+    provider: Any = None,
     channel: Any = None,
     inbound_id: Any = None,
     conversation: Any = None,
     carrier: Any = None,
+    reply_carrier: Any = None,
     body: Any = None,
     reply_produced: Callable[[Any], bool] | None = None,
     attributes: Mapping[str, Any] | None = None,
+    record_if: Callable[..., Any] | None = None,
 ) -> Any:
     """Wrap the AI agent run: an ``invoke_agent {agent}`` span, child of the inbound span.
 
     ``reply_produced(result)`` says whether the run produced a reply to deliver
     (default: the result is not None, "" or False); a produced reply that is never
-    delivered shows up in ``otel-delivery undelivered``.
+    delivered shows up in ``otel-delivery undelivered``. ``provider`` is the GenAI
+    provider (``gen_ai.provider.name``: ``openai``, ``anthropic``, ...).
+
+    ``reply_carrier``: the carrier of the reply this run produces, when the gateway
+    copies the inbound's metadata into the reply *before* the run; the run writes its
+    own context into it, so the sends continue from the run, not the inbound.
 
     >>> @ai_run(agent="support-bot", carrier=arg("msg.meta"))
     ... async def run_agent(msg): ...  # doctest: +SKIP
     """
     values = dict(
-        agent=agent, model=model, channel=channel, inbound_id=inbound_id, conversation=conversation
+        agent=agent, model=model, provider=provider, channel=channel, inbound_id=inbound_id,
+        conversation=conversation,
     )
     return _decorator(
         _AI_RUN, func, values, carrier=carrier, body=body, attributes=attributes,
-        classifier=None, result_value=reply_produced, failed_if=None,
+        classifier=None, result_value=reply_produced, failed_if=None, record_if=record_if,
+        reply_carrier=reply_carrier,
     )
 
 
@@ -649,6 +776,7 @@ def deliver(
     channel: Any = None,
     recipient: Any = None,
     delivery_id: Any = None,
+    part: Any = None,
     attempt: Any = None,
     max_attempts: Any = None,
     inbound_id: Any = None,
@@ -658,7 +786,9 @@ def deliver(
     message_id: Callable[[Any], Any] | None = None,
     failed_if: Callable[[Any], bool] | None = None,
     classifier: Classifier | None = None,
+    retryable: Callable[..., Any] | None = None,
     attributes: Mapping[str, Any] | None = None,
+    record_if: Callable[..., Any] | None = None,
 ) -> Decorator: ...
 def deliver(
     func: Any = None,
@@ -667,6 +797,7 @@ def deliver(
     channel: Any = None,
     recipient: Any = None,
     delivery_id: Any = None,
+    part: Any = None,
     attempt: Any = None,
     max_attempts: Any = None,
     inbound_id: Any = None,
@@ -676,7 +807,9 @@ def deliver(
     message_id: Callable[[Any], Any] | None = None,
     failed_if: Callable[[Any], bool] | None = None,
     classifier: Classifier | None = None,
+    retryable: Callable[..., Any] | None = None,
     attributes: Mapping[str, Any] | None = None,
+    record_if: Callable[..., Any] | None = None,
 ) -> Any:
     """Wrap the function that makes **one** delivery attempt: a ``send {channel}`` span.
 
@@ -684,19 +817,28 @@ def deliver(
     normal return means delivered (``message_id(result)`` picks the provider's id;
     by default ``result.message_id`` or a ``message_id``/``ts``/``id`` key); an
     exception means failed, classified permanent or transient. Without ``attempt``,
-    the number is derived from the attempts already stored for ``delivery_id``.
+    the number is derived from the attempts already stored for the delivery.
+
+    Without ``delivery_id``, the delivery is found as ``_identity`` documents: the
+    carrier's delivery key, else the parent span, channel and recipient; ``part``
+    tells apart several messages sent for one reply. ``retryable(exc, *args,
+    **kwargs)`` hands over the gateway's own retry decision: False makes the failure
+    permanent and final. ``record_if(*args, **kwargs)`` returning False leaves a call
+    (a typing or progress event) unrecorded.
 
     >>> @deliver(channel="slack", delivery_id=arg("job.id"), max_attempts=5,
     ...          carrier=arg("job.trace"))
     ... def send(job): ...  # doctest: +SKIP
     """
     values = dict(
-        channel=channel, recipient=recipient, delivery_id=delivery_id, attempt=attempt,
-        max_attempts=max_attempts, inbound_id=inbound_id, conversation=conversation,
+        channel=channel, recipient=recipient, delivery_id=delivery_id, part=part,
+        attempt=attempt, max_attempts=max_attempts, inbound_id=inbound_id,
+        conversation=conversation,
     )
     return _decorator(
         _DELIVER, func, values, carrier=carrier, body=body, attributes=attributes,
         classifier=classifier, result_value=message_id, failed_if=failed_if,
+        record_if=record_if, retryable=retryable,
     )
 
 
@@ -714,6 +856,7 @@ def enqueue(
     body: Any = None,
     failed_if: Callable[[Any], bool] | None = None,
     attributes: Mapping[str, Any] | None = None,
+    record_if: Callable[..., Any] | None = None,
 ) -> Decorator: ...
 def enqueue(
     func: Any = None,
@@ -728,6 +871,7 @@ def enqueue(
     body: Any = None,
     failed_if: Callable[[Any], bool] | None = None,
     attributes: Mapping[str, Any] | None = None,
+    record_if: Callable[..., Any] | None = None,
 ) -> Any:
     """Wrap the function that puts a reply on the gateway's delivery queue.
 
@@ -744,5 +888,5 @@ def enqueue(
     )
     return _decorator(
         _ENQUEUE, func, values, carrier=carrier, body=body, attributes=attributes,
-        classifier=None, result_value=None, failed_if=failed_if,
+        classifier=None, result_value=None, failed_if=failed_if, record_if=record_if,
     )

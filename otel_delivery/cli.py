@@ -8,6 +8,7 @@ function, print. Library errors become one ``Error: ...`` line and a non-zero ex
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,11 +37,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Group(click.Group):
-    """Turns every library and SQLite error of every subcommand into one line."""
+    """Turns every library and SQLite error of every subcommand into one line.
+
+    Usage errors (an unknown option, a missing required one, no command) stay click's:
+    usage text and exit status 2. Everything else is one ``Error: ...`` line, exit 1.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except InvalidArgumentError as exc:
+            raise click.ClickException(self._in_flags(str(exc))) from None
         except StoreError as exc:
             raise click.ClickException(str(exc)) from None
         except sqlite3.Error as exc:
@@ -49,6 +56,21 @@ class _Group(click.Group):
             raise  # output piped into `head`: click exits quietly
         except OSError as exc:
             raise click.ClickException(str(exc)) from None
+
+    def _in_flags(self, message: str) -> str:
+        """A library message starts with the Python parameter it is about
+        (``max_failure_rate must be ...``); the operator typed a flag."""
+        match = re.match(r"([a-z]+(?:_[a-z]+)*)\b", message)
+        if match is None:
+            return message
+        name = match.group(1)
+        for command in self.commands.values():
+            for param in command.params:
+                if isinstance(param, click.Option) and param.name in (
+                    name, name.removesuffix("_seconds")
+                ):
+                    return max(param.opts, key=len) + message[match.end():]
+        return message
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,6 +102,24 @@ def _duration_option(name: str, **kwargs: Any) -> Callable[[F], F]:
     """An option read with :func:`parse_duration` (in the command, so a bad value is
     one ``Error:`` line like every other)."""
     return click.option(name, metavar="DURATION", **kwargs)
+
+
+RETRY_WINDOW_ENV = "OTEL_DELIVERY_RETRY_WINDOW"
+
+
+def _retry_window_option(f: F) -> F:
+    """--retry-window: how long a transient failure waits for its retry before the
+    delivery counts as abandoned (else $OTEL_DELIVERY_RETRY_WINDOW, else 10m)."""
+    return click.option(
+        "--retry-window", "retry_window", metavar="DURATION", envvar=RETRY_WINDOW_ENV,
+        default=format_duration(local_store.DEFAULT_RETRY_WINDOW_SECONDS), show_default=True,
+        help="A delivery whose last attempt failed transiently, with no retry for this "
+        f"long, is 'abandoned' (also ${RETRY_WINDOW_ENV}).",
+    )(f)
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n} {word if n == 1 else plural or word + 's'}"
 
 
 @contextmanager
@@ -165,21 +205,30 @@ def _window(since_seconds: float | None, start_ms: int | None = None) -> str:
 @_duration_option("--since", default="7d", show_default=True, help="Window: 90s, 5m, 1h, 7d, 2w.")
 @click.option(
     "--by", default="channel", show_default=True, metavar="channel|error|status",
-    help="Group attempts by channel, by error type (failed attempts only) or by status.",
+    help="Group attempts by channel, by error type (attempts that did not fail in one "
+    "group with no error) or by status.",
 )
+@_retry_window_option
 @_store_and_json
-def summary(store: str | None, as_json: bool, since: str, by: str) -> None:
+def summary(store: str | None, as_json: bool, since: str, by: str, retry_window: str) -> None:
     """Count attempts by status and deliveries by final outcome, per group.
 
-    A delivery's outcome is judged on all its attempts: delivered, failed (for
-    good), pending_retry, interrupted (its process died mid-send) or in_flight.
+    The totals are the same whatever --by is, and the groups' attempts add up to
+    them. A delivery's outcome is judged on all its attempts: delivered, failed (for
+    good, or out of attempts), abandoned (failed transiently, no retry within
+    --retry-window), pending_retry, interrupted (its process died mid-send) or
+    in_flight. Deliveries are counted per channel with --by channel, else only in
+    the total.
 
     \b
     Example:
       otel-delivery summary --since 7d --by error
     """
     with _opened(store) as db:
-        result = local_store.summary(db, since_seconds=_seconds("--since", since), by=by)
+        result = local_store.summary(
+            db, since_seconds=_seconds("--since", since), by=by,
+            retry_window_seconds=_seconds("--retry-window", retry_window, allow_zero=True),
+        )
     if as_json:
         _print_json(result.to_dict())
         return
@@ -199,13 +248,22 @@ def summary(store: str | None, as_json: bool, since: str, by: str) -> None:
         [[*key_cells(g), g.attempts, *(g.statuses.get(s, 0) for s in statuses)] for g in groups],
     ))
     click.echo("\nDeliveries by final outcome:")
+    counted = groups if by == "channel" else [result.total]
     click.echo(_table(
         [*keys, "deliveries", *outcomes],
         [
             [*key_cells(g), sum(g.deliveries.values()), *(g.deliveries.get(o, 0) for o in outcomes)]
-            for g in groups
+            for g in counted
         ],
     ))
+    extra = sum(sum(g.deliveries.values()) for g in result.groups) - sum(
+        result.total.deliveries.values()
+    )
+    if by == "channel" and extra > 0:
+        click.echo(
+            f"({_plural(extra, 'delivery', 'deliveries')} more in the channel rows than in "
+            "the total: they were tried on several channels and count in each)"
+        )
 
 
 def _ordered(first: Sequence[str], dicts: Iterable[dict[str, int]]) -> list[str]:
@@ -220,11 +278,14 @@ def _ordered(first: Sequence[str], dicts: Iterable[dict[str, int]]) -> list[str]
 @_duration_option("--since", default=None, help="Window, e.g. 1d (default: all time).")
 @click.option("--channel", default=None, help="Only this channel.")
 @click.option("--limit", default=50, show_default=True, type=int, help="At most this many rows.")
+@_retry_window_option
 @_store_and_json
 def failures(
-    store: str | None, as_json: bool, since: str | None, channel: str | None, limit: int
+    store: str | None, as_json: bool, since: str | None, channel: str | None, limit: int,
+    retry_window: str,
 ) -> None:
-    """List failed delivery attempts, newest first, with their errors.
+    """List failed delivery attempts, newest first, with their errors and what became
+    of their delivery since (delivered later, failed, abandoned, pending_retry, ...).
 
     \b
     Example:
@@ -233,7 +294,8 @@ def failures(
     since_seconds = _optional_seconds("--since", since)
     with _opened(store) as db:
         found = local_store.failures(
-            db, since_seconds=since_seconds, channel=channel, limit=limit
+            db, since_seconds=since_seconds, channel=channel, limit=limit,
+            retry_window_seconds=_seconds("--retry-window", retry_window, allow_zero=True),
         )
     if as_json:
         _print_json(found)
@@ -242,12 +304,12 @@ def failures(
         click.echo(f"no failed attempts {_window(since_seconds)}")
         return
     click.echo(_table(
-        ["started", "channel", "delivery", "attempt", "final", "error_type", "class", "error",
-         "trace_id"],
+        ["started", "channel", "delivery", "attempt", "final", "error_type", "class",
+         "delivery_now", "error", "trace_id"],
         [
             [_when(r["started_at_ms"]), r["channel"], r["delivery_id"], r["attempt"],
              {1: "yes", 0: "no"}.get(r["final"]), r["error_type"], r["failure_class"],
-             r["error_text"], r["trace_id"]]
+             r["delivery_outcome"], r["error_text"], r["trace_id"]]
             for r in found
         ],
     ))
@@ -257,6 +319,7 @@ def failures(
 @click.option("--inbound", "inbound_id", default=None, help="The gateway's inbound message id.")
 @click.option("--trace", "trace_id", default=None, help="A trace id (32 hex digits).")
 @click.option("--delivery", "delivery_id", default=None, help="A delivery (queue entry) id.")
+@_retry_window_option
 @_store_and_json
 def trace(
     store: str | None,
@@ -264,6 +327,7 @@ def trace(
     inbound_id: str | None,
     trace_id: str | None,
     delivery_id: str | None,
+    retry_window: str,
 ) -> None:
     """Tell the whole story of one message: received, AI run, each attempt with its
     error, and the final outcome. Give exactly one of --inbound, --trace, --delivery.
@@ -272,9 +336,19 @@ def trace(
     Example:
       otel-delivery trace --inbound tg-1001
     """
+    given = [flag for flag, value in (
+        ("--inbound", inbound_id), ("--trace", trace_id), ("--delivery", delivery_id),
+    ) if value is not None]
+    if len(given) != 1:
+        raise InvalidArgumentError(
+            "give exactly one of --inbound, --trace or --delivery"
+            + (f" (got {' and '.join(given)})" if given else "")
+        )
+    window = _seconds("--retry-window", retry_window, allow_zero=True)
     with _opened(store) as db:
         story = local_store.trace_story(
-            db, inbound_id=inbound_id, trace_id=trace_id, delivery_id=delivery_id
+            db, inbound_id=inbound_id, trace_id=trace_id, delivery_id=delivery_id,
+            retry_window_seconds=window,
         )
     if as_json:
         _print_json(story.to_dict())
@@ -304,12 +378,17 @@ def trace(
     "--grace", default="60s", show_default=True,
     help="Ignore replies younger than this (their delivery may still be under way).",
 )
+@_retry_window_option
 @_store_and_json
-def undelivered(store: str | None, as_json: bool, since: str, grace: str) -> None:
+def undelivered(
+    store: str | None, as_json: bool, since: str, grace: str, retry_window: str
+) -> None:
     """List replies that were produced but never delivered, with the reason, and
     every failed enqueue (the ones a gateway swallows).
 
-    Reasons: no_attempt, enqueue_failed, failed, interrupted, pending_retry, in_flight.
+    Reasons: no_attempt, enqueue_failed, failed, interrupted, abandoned (failed
+    transiently, no retry within --retry-window), pending_retry, in_flight. Replies
+    younger than --grace are not judged yet; the last line says how many.
 
     \b
     Example:
@@ -319,14 +398,20 @@ def undelivered(store: str | None, as_json: bool, since: str, grace: str) -> Non
     grace_seconds = _seconds("--grace", grace, allow_zero=True)
     with _opened(store) as db:
         report = local_store.undelivered(
-            db, since_seconds=since_seconds, grace_seconds=grace_seconds
+            db, since_seconds=since_seconds, grace_seconds=grace_seconds,
+            retry_window_seconds=_seconds("--retry-window", retry_window, allow_zero=True),
         )
     if as_json:
         _print_json(report.to_dict())
         return
     window = _window(report.since_seconds, report.window_start_ms)
+    waiting = (
+        f"; {_plural(report.in_grace, 'reply', 'replies')} younger than the "
+        f"{format_duration(report.grace_seconds)} grace not judged yet (--grace)"
+        if report.in_grace else ""
+    )
     if not report.items:
-        click.echo(f"no undelivered replies or failed enqueues {window}")
+        click.echo(f"no undelivered replies or failed enqueues {window}{waiting}")
         return
     click.echo(_table(
         ["at", "source", "reason", "channel", "inbound", "delivery", "attempts", "error",
@@ -338,8 +423,8 @@ def undelivered(store: str | None, as_json: bool, since: str, grace: str) -> Non
         ],
     ))
     click.echo(
-        f"\n{report.replies} replies not delivered, {report.enqueue_failures} other failed "
-        f"enqueues {window}"
+        f"\n{_plural(report.replies, 'reply', 'replies')} not delivered, "
+        f"{_plural(report.enqueue_failures, 'other failed enqueue')} {window}{waiting}"
     )
 
 
@@ -432,8 +517,15 @@ def prune(
 @click.option("--max-undelivered", type=int, default=0, show_default=True)
 @click.option("--max-enqueue-failures", type=int, default=0, show_default=True)
 @click.option("--max-drops", type=int, default=0, show_default=True)
+@click.option("--max-misuse", type=int, default=0, show_default=True,
+              help="Decorated calls that lost their trace link (orphan_send, carrier_missing).")
 @click.option("--min-attempts-for-rate", type=int, default=1, show_default=True,
               help="Judge a channel's failure rate only from this many attempts.")
+@_duration_option(
+    "--grace", default="60s", show_default=True,
+    help="Replies younger than this are not counted as undelivered yet.",
+)
+@_retry_window_option
 @_store_and_json
 def health(
     store: str | None,
@@ -444,7 +536,10 @@ def health(
     max_undelivered: int,
     max_enqueue_failures: int,
     max_drops: int,
+    max_misuse: int,
     min_attempts_for_rate: int,
+    grace: str,
+    retry_window: str,
 ) -> None:
     """Check the recent window against limits, for cron and monitoring: exit 0 and
     print "healthy: ..." when all are met, else exit 1 with one reason per line.
@@ -462,7 +557,10 @@ def health(
             max_undelivered=max_undelivered,
             max_enqueue_failures=max_enqueue_failures,
             max_drops=max_drops,
+            max_misuse=max_misuse,
             min_attempts_for_rate=min_attempts_for_rate,
+            grace_seconds=_seconds("--grace", grace, allow_zero=True),
+            retry_window_seconds=_seconds("--retry-window", retry_window, allow_zero=True),
         )
     if as_json:
         _print_json(report.to_dict())
@@ -471,6 +569,11 @@ def health(
     else:
         for reason in report.reasons:
             click.echo(reason)
+    if not as_json and report.undelivered_in_grace:
+        click.echo(
+            f"({_plural(report.undelivered_in_grace, 'reply', 'replies')} younger than the "
+            f"{format_duration(report.limits['grace_seconds'])} grace not judged yet: --grace)"
+        )
     if not report.ok:
         raise SystemExit(1)
 

@@ -161,7 +161,7 @@ def assert_one_trace_per_message(traced: Traced, inbound_id: str, channel: str) 
     assert run["parent_id"] == inbound["span_id"]
     assert {s["trace_id"] for s in mine} == {inbound["trace_id"]}
     for n, send in enumerate(sends):
-        assert send["kind"] == "PRODUCER"
+        assert send["kind"] == "CLIENT"
         assert send["parent_id"] == run["span_id"]  # through the reply's carrier
         assert send["links"] == [earlier["span_id"] for earlier in sends[:n]]
         failed = send["attributes"]["otel_delivery.outcome"] == "failed"

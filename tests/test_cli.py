@@ -73,7 +73,7 @@ def test_summary(store: Path) -> None:
 
     data = run_json("summary", "--store", store, "--since", "7d", "--by", "error")
     assert {(g["key"]["error_type"], g["attempts"]) for g in data["groups"]} == {
-        ("TimedOut", 1), ("Forbidden", 1),
+        ("TimedOut", 1), ("Forbidden", 1), (None, 3),
     }
     month = run_json("summary", "--store", store, "--since", "30d")
     week = run_json("summary", "--store", store, "--since", "1w")
@@ -229,12 +229,15 @@ def _newer(store: Path) -> Path:
         (("summary", "--store", "{store}", "--since", "0"), "--since must be longer than 0"),
         (("undelivered", "--store", "{store}", "--grace", "-1m"), "--grace: invalid duration"),
         (("summary", "--store", "{store}", "--by", "recipient"), "cannot group by 'recipient'"),
-        (("failures", "--store", "{store}", "--limit", "0"), "limit must be"),
+        (("failures", "--store", "{store}", "--limit", "0"), "Error: --limit must be"),
         (("trace", "--store", "{store}", "--inbound", "nope"), "no inbound id 'nope'"),
-        (("trace", "--store", "{store}"), "exactly one of"),
+        (("trace", "--store", "{store}"), "exactly one of --inbound, --trace or --delivery"),
+        (("trace", "--store", "{store}", "--inbound", "a", "--trace", "b"),
+         "(got --inbound and --trace)"),
         (("prune", "--store", "{store}", "--older-than", "30d", "--keep-failed-for", "7d"),
          "failures are kept longer"),
-        (("health", "--store", "{store}", "--max-failure-rate", "5"), "max_failure_rate"),
+        (("health", "--store", "{store}", "--max-failure-rate", "5"),
+         "Error: --max-failure-rate must be a fraction"),
         (("query", "--store", "{store}", "DELETE FROM attempts"), "DELETE attempts refused"),
         (("query", "--store", "{store}", "ATTACH ':memory:' AS x"), "ATTACH"),
         (("query", "--store", "{store}", "PRAGMA user_version = 7"), "PRAGMA user_version"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import sqlite3
 from typing import Any, ClassVar
 
 import pytest
@@ -66,7 +67,7 @@ def test_sync_result_and_signature_unchanged(traced: Traced) -> None:
     (span,) = traced.spans("deliver")
     d = span_dict(span)
     assert d["name"] == "send telegram"
-    assert d["kind"] == "PRODUCER"
+    assert d["kind"] == "CLIENT"
     assert d["attributes"]["otel_delivery.recipient"] == "42"
     assert d["attributes"]["otel_delivery.outcome"] == "delivered"
     assert d["attributes"]["otel_delivery.provider_message_id"] == "101"
@@ -289,16 +290,24 @@ def test_pseudonymised_recipients_are_stable_and_unreadable(tmp_path: Any) -> No
         t.handle.shutdown()
 
 
-def test_head_sampled_out_calls_are_counted(tmp_path: Any) -> None:
+def test_head_sampled_out_calls_are_stored_but_not_exported(tmp_path: Any) -> None:
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-    otel = otel_delivery.configure(
-        store=tmp_path / "d.db", tracer_provider=TracerProvider(sampler=ALWAYS_OFF)
-    )
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    otel = otel_delivery.configure(store=tmp_path / "d.db", tracer_provider=provider)
     try:
         assert send_sync(1, "x")["chat_id"] == 1
-        assert otel.stats()["not_recorded"] == 1
+        assert otel.force_flush()
+        assert exporter.get_finished_spans() == ()
+        db = sqlite3.connect(tmp_path / "d.db")
+        assert db.execute("SELECT status FROM attempts").fetchall() == [("delivered",)]
+        db.close()
+        assert "not_recorded" not in otel.stats()
     finally:
         otel.shutdown()
 

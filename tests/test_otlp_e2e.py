@@ -102,7 +102,7 @@ def test_the_demo_gateways_traces_arrive_whole(
         (run,) = [s for s in story if s.otel_kind == "ai_run"]
         assert run.parent_id == inbound.span_id and run.name.startswith("invoke_agent ")
         for attempt in (s for s in story if s.otel_kind == "deliver"):
-            assert attempt.kind == "SPAN_KIND_PRODUCER"
+            assert attempt.kind == "SPAN_KIND_CLIENT"
             assert attempt.name == f"send {attempt.attributes[A.CHANNEL]}"
             assert attempt.attributes[A.INBOUND_ID] == inbound_id
             assert {A.ATTEMPT, A.DELIVERY_ID, A.OUTCOME, A.MESSAGING_SYSTEM} <= set(

@@ -154,7 +154,9 @@ def _status(a: dict[str, Any], dead: set[int], stale: int) -> str:
     return "in_flight"
 
 
-def _outcome(attempts: list[dict[str, Any]], dead: set[int], stale: int) -> str:
+def _outcome(
+    attempts: list[dict[str, Any]], dead: set[int], stale: int, abandon_before: int
+) -> str:
     if any(a["status"] == "delivered" for a in attempts):
         return "delivered"
     if any(
@@ -165,8 +167,10 @@ def _outcome(attempts: list[dict[str, Any]], dead: set[int], stale: int) -> str:
     ):
         return "failed"
     latest = max(attempts, key=lambda a: (a["attempt"], a["started_at_ms"], a["id"]))
-    return {"failed": "pending_retry", "interrupted": "interrupted",
-            "in_flight": "in_flight"}.get(_status(latest, dead, stale), "other")
+    status = _status(latest, dead, stale)
+    if status == "failed":
+        return "abandoned" if latest["started_at_ms"] < abandon_before else "pending_retry"
+    return {"interrupted": "interrupted", "in_flight": "in_flight"}.get(status, "other")
 
 
 def reference_summary(db: sqlite_utils.Database, by: str, since: int) -> dict[str, Any]:
@@ -177,20 +181,25 @@ def reference_summary(db: sqlite_utils.Database, by: str, since: int) -> dict[st
     by_delivery: dict[str, list[dict[str, Any]]] = {}
     for a in rows:
         by_delivery.setdefault(a["delivery_id"], []).append(a)
-    outcome = {d: _outcome(v, dead, stale) for d, v in by_delivery.items()}
+    outcome = {
+        d: _outcome(v, dead, stale, live["abandon_before"]) for d, v in by_delivery.items()
+    }
     statuses: dict[tuple[Any, ...], Counter[str]] = {}
     pairs: set[tuple[tuple[Any, ...], str]] = set()
     for a in rows:
-        if a["started_at_ms"] < since or (by == "error" and a["status"] != "failed"):
+        if a["started_at_ms"] < since:
             continue
         status = _status(a, dead, stale)
+        failed = a["status"] == "failed"
         key = {"channel": (a["channel"],), "status": (status,),
-               "error": (a["error_type"], a["failure_class"])}[by]
+               "error": (a["error_type"] if failed else None,
+                         a["failure_class"] if failed else None)}[by]
         statuses.setdefault(key, Counter())[status] += 1
         pairs.add((key, a["delivery_id"]))
     deliveries: dict[tuple[Any, ...], Counter[str]] = {}
     for key, d in pairs:
-        deliveries.setdefault(key, Counter())[outcome[d]] += 1
+        if by == "channel":
+            deliveries.setdefault(key, Counter())[outcome[d]] += 1
     total = Counter(outcome[d] for d in {d for _, d in pairs})
     return {"statuses": statuses, "deliveries": deliveries, "total": total}
 
@@ -276,7 +285,8 @@ def check_verdicts(db: sqlite_utils.Database) -> None:
     pending = {t for (t,) in db.execute(
         "SELECT trace_id FROM ai_runs WHERE reply_pending = 1").fetchall()}
     waiting = {t for (t,) in db.execute("SELECT trace_id FROM traces_to_judge").fetchall()}
-    fresh = judge_traces(db, pending, {"dead": "[]", "stale": None}, covered=True)
+    no_liveness = {"dead": "[]", "stale": None, "abandon_before": None}
+    fresh = judge_traces(db, pending, no_liveness, covered=True)
     for run_id, t, pending_now, *kept in db.execute(
         f"SELECT id, trace_id, reply_pending, {', '.join(VERDICT_COLUMNS)} FROM ai_runs"
     ).fetchall():

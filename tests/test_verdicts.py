@@ -87,7 +87,7 @@ def test_a_delivery_moving_between_traces_sends_both_to_be_judged_again(
     _run(db, "tA")
     _attempt(db, "s1", "tA", 1, "failed")
     _judge(db)
-    assert _reasons(db, monkeypatch) == {"tA": ("pending_retry", 1)}
+    assert _reasons(db, monkeypatch) == {"tA": ("abandoned", 1)}  # 30 min: no retry came
     assert not _waiting(db)
 
     # Resumed in another trace: the delivery now counts in tB, so tA has no attempt.
@@ -108,7 +108,7 @@ def test_a_delivery_moving_between_traces_sends_both_to_be_judged_again(
     db.conn.commit()
     assert _waiting(db) == {"tA"}
     _judge(db)
-    assert _reasons(db, monkeypatch) == {"tA": ("pending_retry", 1)}
+    assert _reasons(db, monkeypatch) == {"tA": ("abandoned", 1)}  # 30 min: no retry came
 
     # Delivered in tB: the delivery counts there, so tA's reply saw no attempt.
     _attempt(db, "s3", "tB", 3, "delivered")

@@ -173,6 +173,6 @@ def plain_deliver(
             span.set_attribute(A.MESSAGING_MESSAGE_ID, str(message_id))
 
     return _span_decorator(
-        tracer, name=f"send {channel}", kind=SpanKind.PRODUCER, attributes=attributes,
+        tracer, name=f"send {channel}", kind=SpanKind.CLIENT, attributes=attributes,
         carrier=lambda reply: reply.meta, inject=False, on_result=on_result, before=before,
     )
