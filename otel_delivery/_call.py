@@ -23,7 +23,6 @@ from ._identity import delivery_key
 from ._kinds import (
     _AI_RUN,
     _BODY_MIN_CHARS,
-    _BODY_PREFIXES,
     _CORRELATED,
     _DELIVER,
     _ENQUEUE,
@@ -35,6 +34,7 @@ from ._kinds import (
     _default_reply_produced,
     _error_text,
     _Kind,
+    body_forms,
 )
 from ._propagation import (
     correlation_from,
@@ -144,25 +144,16 @@ class _Plan:
         return values, secrets
 
     def begin(self, rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call | None:
-        carrier: Mapping[str, Any] | None = None
-        if self.carrier is not None:
-            try:
-                found = self.carrier(args, kwargs)
-            except Exception as exc:
-                _count(rt, "carrier_error", exc)
-                found = None
-            if isinstance(found, Mapping):
-                carrier = found
-            elif found is None:
-                _count(rt, "carrier_missing")
-            else:
-                _count(rt, "carrier_not_mapping")
+        carrier = self._carrier(rt, args, kwargs)
         parent: Context | None = None
         if carrier is not None:
             try:
                 parent = parent_from_carrier(carrier)
+                correlation_from(None, carrier)  # reads our keys: may raise too
             except Exception as exc:
+                # A carrier that raises when read is ignored, never the attempt.
                 _count(rt, "carrier_error", exc)
+                carrier, parent = None, None
         ctx = parent if parent is not None else otel_context.get_current()
 
         values, secrets = self.values_for(rt, args, kwargs)
@@ -184,7 +175,10 @@ class _Plan:
 
         links: list[Link] = []
         if self.kind is _DELIVER:
-            links = prior_attempt_links(carrier, parent)
+            try:
+                links = prior_attempt_links(carrier, parent)
+            except Exception as exc:
+                _count(rt, "carrier_error", exc)
             parent_span = trace.get_current_span(ctx).get_span_context()
             if not parent_span.is_valid:
                 _count(rt, "orphan_send")
@@ -193,12 +187,13 @@ class _Plan:
                     key, _rule = delivery_key(
                         carrier, parent_span, values.get("channel"), values.get("recipient")
                     )
-                except Exception as exc:
+                except Exception as exc:  # the carrier raised: the parent span decides
                     _count(rt, "carrier_error", exc)
-                else:
-                    part = values.get("part")
-                    delivery_id = key if part is None else f"{key}.{part}"
-                    attributes[A.DELIVERY_ID] = delivery_id
+                    key, _rule = delivery_key(
+                        None, parent_span, values.get("channel"), values.get("recipient")
+                    )
+                part = values.get("part")
+                attributes[A.DELIVERY_ID] = key if part is None else f"{key}.{part}"
         span = rt.tracer.start_span(
             span_name,
             context=ctx,
@@ -226,6 +221,22 @@ class _Plan:
         if self.reply_carrier is not None:
             self._write_reply_carrier(rt, args, kwargs, new_ctx, corr)
         return _Call(self, rt, span, token, secrets, (args, kwargs) if self.keeps_args else None)
+
+    def _carrier(
+        self, rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Mapping[str, Any] | None:
+        """The call's carrier, or None (counted) when ``carrier=`` gave none."""
+        if self.carrier is None:
+            return None
+        try:
+            found = self.carrier(args, kwargs)
+        except Exception as exc:
+            _count(rt, "carrier_error", exc)
+            return None
+        if isinstance(found, Mapping):
+            return found
+        _count(rt, "carrier_missing" if found is None else "carrier_not_mapping")
+        return None
 
     def _write_reply_carrier(
         self, rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -304,10 +315,7 @@ class _Call:
             if isinstance(body, bytes):
                 body = body.decode("utf-8", "replace")
             if isinstance(body, str) and len(body) >= _BODY_MIN_CHARS:
-                found.insert(0, (body, BODY_PLACEHOLDER))
-                found.extend(
-                    (body[:n], BODY_PLACEHOLDER) for n in _BODY_PREFIXES if len(body) > n
-                )
+                found[:0] = [(form, BODY_PLACEHOLDER) for form in body_forms(body)]
         return found
 
     def _reported_failure(self, result: Any) -> bool:
@@ -415,12 +423,18 @@ class _Call:
             return attempt >= limit
         return False
 
+    def release_context(self) -> None:
+        """Restore the caller's context now; the span ends when the outcome is known."""
+        token, self.token = self.token, None
+        if token is not None:
+            try:
+                otel_context.detach(token)  # type: ignore[arg-type]
+            except Exception as exc:
+                _count(self.rt, "instrumentation_error", exc)
+
     def _end(self) -> None:
         try:
             self.span.end()
         except Exception as exc:
             _count(self.rt, "instrumentation_error", exc)
-        try:
-            otel_context.detach(self.token)  # type: ignore[arg-type]
-        except Exception as exc:
-            _count(self.rt, "instrumentation_error", exc)
+        self.release_context()

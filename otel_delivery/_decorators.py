@@ -9,6 +9,7 @@ runs plain and the failure is counted.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -85,9 +86,15 @@ def _wrap(plan_for: Callable[[Callable[..., Any]], _Plan], func: Any) -> Any:
         return type(func)(_wrap(plan_for, func.__func__))
     if not callable(func):
         raise TypeError(f"otel_delivery decorators wrap functions, got {type(func).__name__}")
+    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+        raise TypeError(
+            f"otel_delivery decorators wrap a function that makes one call and returns; "
+            f"{getattr(func, '__qualname__', func)!r} is a generator, whose outcome is "
+            "known only when it is exhausted: decorate the function it calls for each send"
+        )
     plan = plan_for(func)
 
-    if inspect.iscoroutinefunction(func):
+    if _is_async(func):
 
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             call = _begin(plan, args, kwargs)
@@ -113,12 +120,55 @@ def _wrap(plan_for: Callable[[Callable[..., Any]], _Plan], func: Any) -> Any:
             except BaseException as exc:
                 call.failed(exc)
                 raise
+            if inspect.isawaitable(result):
+                return _outcome_when_awaited(call, result)
             call.succeeded(result)
             return result
 
         wrapper = sync_wrapper
     functools.update_wrapper(wrapper, func)
     return wrapper
+
+
+def _is_async(func: Any) -> bool:
+    """A coroutine function, or a callable object whose ``__call__`` is one."""
+    if inspect.iscoroutinefunction(func):
+        return True
+    if inspect.isfunction(func) or inspect.ismethod(func) or isinstance(func, functools.partial):
+        return False
+    return inspect.iscoroutinefunction(type(func).__call__)
+
+
+def _outcome_when_awaited(call: _Call, awaitable: Any) -> Any:
+    """A sync function returned an awaitable (``return client.send(...)`` without
+    ``await``): the send happens when it is awaited, so that is when its outcome is.
+
+    A future or task is returned as is, with a callback; a coroutine is wrapped in one
+    that awaits it and returns or raises exactly what it does.
+    """
+    call.release_context()  # the caller's context is restored now; the span ends later
+    if isinstance(awaitable, asyncio.Future):
+        def done(future: asyncio.Future[Any]) -> None:
+            if future.cancelled():
+                call.failed(asyncio.CancelledError())
+            elif future.exception() is not None:
+                call.failed(future.exception())  # type: ignore[arg-type]
+            else:
+                call.succeeded(future.result())
+
+        awaitable.add_done_callback(done)
+        return awaitable
+
+    async def awaited() -> Any:
+        try:
+            result = await awaitable
+        except BaseException as exc:
+            call.failed(exc)
+            raise
+        call.succeeded(result)
+        return result
+
+    return awaited()
 
 
 def _decorator(

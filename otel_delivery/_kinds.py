@@ -4,6 +4,8 @@ scrubbing an error text, reading a result)."""
 
 from __future__ import annotations
 
+import json
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +35,8 @@ _FIELDS: dict[str, _Field] = {
     "delivery_id": _Field(A.DELIVERY_ID),
     "attempt": _Field(A.ATTEMPT, as_int=True, identifier=False),
     "max_attempts": _Field(A.MAX_ATTEMPTS, as_int=True, identifier=False),
-    "conversation": _Field(A.CONVERSATION),
+    # In a private chat the conversation is the user's own id.
+    "conversation": _Field(A.CONVERSATION, pseudonymize=True),
     "part": _Field(A.PART),
     "agent": _Field(A.GEN_AI_AGENT_NAME),
     "provider": _Field(A.GEN_AI_PROVIDER_NAME),
@@ -110,6 +113,22 @@ _MIN_SCRUB_CHARS = 5
 _BODY_MIN_CHARS = 8
 _BODY_PREFIXES = (64, 32)  # APIs often echo the start of a message they reject
 BODY_PLACEHOLDER = "[message body]"
+
+
+def body_forms(body: str) -> list[str]:
+    """The message body as an error text may echo it: as is, JSON-escaped (``Zo\\u00eb``
+    and UTF-8), repr-escaped (an escaped newline), URL-encoded; and the start of each,
+    which APIs often quote. Longest first, so a whole form goes before its prefix."""
+    forms = {
+        body,
+        json.dumps(body)[1:-1],
+        json.dumps(body, ensure_ascii=False)[1:-1],
+        repr(body)[1:-1],
+        urllib.parse.quote(body),
+        urllib.parse.quote_plus(body),
+    }
+    forms |= {f[:n] for f in list(forms) for n in _BODY_PREFIXES if len(f) > n}
+    return sorted((f for f in forms if len(f) >= _BODY_MIN_CHARS), key=len, reverse=True)
 
 
 def _error_text(

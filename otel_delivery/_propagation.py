@@ -30,6 +30,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from . import _attributes as A
+from ._extract import coerce_value
 
 __all__ = [
     "Correlation",
@@ -86,7 +87,8 @@ def correlation_from(ctx: Context | None, carrier: Mapping[str, Any] | None) -> 
         for name, key in _CARRIER_FIELDS:
             value = carrier.get(key)
             if isinstance(value, str) and value:
-                found[name] = value
+                # Whoever filled the carrier, its values get the limits of any attribute.
+                found[name] = str(coerce_value(value))
     return found
 
 
