@@ -26,6 +26,7 @@ from ._queries import (
 )
 from ._reading import DEFAULT_RETRY_WINDOW_SECONDS, DeliveryOutcome
 from ._readonly import readonly_query
+from ._receipts import RECEIPT_STATUSES, AttemptFinder, ReceiptRates
 from ._schema import SCHEMA_VERSION, open_store
 from ._story import TraceStory, trace_story
 from ._writer import StoreWriter
@@ -45,14 +46,17 @@ __all__ = [
     "DEFAULT_RETRY_WINDOW_SECONDS",
     "DELIVERY_OUTCOMES",
     "MISUSE_REASONS",
+    "RECEIPT_STATUSES",
     "SCHEMA_VERSION",
     "SUMMARY_GROUPINGS",
+    "AttemptFinder",
     "DeliveryOutcome",
     "HealthReport",
     "InvalidArgumentError",
     "NotFoundError",
     "PruneResult",
     "QueryRefusedError",
+    "ReceiptRates",
     "StoreCorruptError",
     "StoreError",
     "StoreNotFoundError",

@@ -13,7 +13,7 @@ is answered by scanning the rows, with the same results.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import sqlite_utils
@@ -31,6 +31,7 @@ from ._reading import (
     outcome_of,
     rows,
 )
+from ._receipts import ReceiptRates, failed_after_accept, receipt_rates, unmatched_receipts
 from ._rollups import HOUR_MS, MINUTE_MS, contributions, decode
 from ._verdicts import judge_traces
 from .exceptions import InvalidArgumentError
@@ -100,9 +101,12 @@ class Summary:
     now_ms: int
     groups: list[SummaryGroup]
     total: SummaryGroup
+    # per channel, where the platform sent receipts in the window (delivered, read)
+    receipts: list[ReceiptRates] = field(default_factory=list)
+    unmatched_receipts: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "receipts": [r.to_dict() for r in self.receipts]}
 
 
 def summary(
@@ -180,7 +184,8 @@ def summary(
     )
     return Summary(
         by=by, since_seconds=float(since_seconds), window_start_ms=start, now_ms=now,
-        groups=groups, total=total,
+        groups=groups, total=total, receipts=receipt_rates(db, start),
+        unmatched_receipts=unmatched_receipts(db, start),
     )
 
 
@@ -528,8 +533,16 @@ class UndeliveredReport:
         """Failed enqueues not already counted as an undelivered reply."""
         return sum(1 for i in self.items if i.source == "enqueue")
 
+    @property
+    def failed_after_accept(self) -> int:
+        """Messages the API accepted and the platform reported failed later."""
+        return sum(1 for i in self.items if i.source == "receipt")
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "replies": self.replies, "enqueue_failures": self.enqueue_failures}
+        return {
+            **asdict(self), "replies": self.replies, "enqueue_failures": self.enqueue_failures,
+            "failed_after_accept": self.failed_after_accept,
+        }
 
 
 def undelivered(
@@ -546,7 +559,9 @@ def undelivered(
 
     ``reason`` is the worst thing that happened: ``enqueue_failed``, ``failed``,
     ``abandoned`` (a transient failure and no retry within ``retry_window_seconds``),
-    ``interrupted``, ``pending_retry``, ``in_flight``, or ``no_attempt``.
+    ``interrupted``, ``pending_retry``, ``in_flight``, or ``no_attempt``. Messages the
+    API accepted whose latest receipt from the platform says failed are listed too,
+    with ``source="receipt"`` and the reason ``failed_after_accept``.
 
     The runs are found through ``ai_runs.reply_pending`` (a partial index of the runs
     whose reply no attempt has delivered); the work then grows with the replies
@@ -634,6 +649,13 @@ def undelivered(
             delivery_id=e["delivery_id"], attempts=0, error_type=e["error_type"],
             error_text=e["error_text"],
         ))
+    for r in failed_after_accept(db, start):
+        items.append(UndeliveredItem(
+            source="receipt", reason="failed_after_accept", at_ms=r["at_ms"],
+            trace_id=r["trace_id"], inbound_id=r["inbound_id"], channel=r["channel"],
+            delivery_id=r["delivery_id"], attempts=r["attempt"], error_type=r["error_type"],
+            error_text=r["error_text"],
+        ))
     items.sort(key=lambda i: (i.at_ms, i.trace_id))
     return UndeliveredReport(
         since_seconds=float(since_seconds), grace_seconds=float(grace_seconds),
@@ -664,6 +686,8 @@ class HealthReport:
     limits: dict[str, float]
     misuse: dict[str, int]
     undelivered_in_grace: int
+    failed_after_accept: int = 0
+    unmatched_receipts: int = 0
 
     def headline(self) -> str:
         """One line for a healthy report (or a log line either way)."""
@@ -736,6 +760,7 @@ def health(
     max_enqueue_failures: int = 0,
     max_drops: int = 0,
     max_misuse: int = 0,
+    max_failed_after_accept: int = 0,
     min_attempts_for_rate: int = 1,
     grace_seconds: float = 60,
     now_ms: int | None = None,
@@ -762,7 +787,7 @@ def health(
     for name, value in (
         ("max_interrupted", max_interrupted), ("max_undelivered", max_undelivered),
         ("max_enqueue_failures", max_enqueue_failures), ("max_drops", max_drops),
-        ("max_misuse", max_misuse),
+        ("max_misuse", max_misuse), ("max_failed_after_accept", max_failed_after_accept),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise InvalidArgumentError(f"{name} must be a whole number >= 0, got {value!r}")
@@ -803,6 +828,12 @@ def health(
         reasons.append(
             f"{_plural(n_undelivered, 'reply', 'replies')} produced but not delivered "
             f"in the last {window} (max {max_undelivered})"
+        )
+    if unsent.failed_after_accept > max_failed_after_accept:
+        reasons.append(
+            f"{_plural(unsent.failed_after_accept, 'message')} accepted by the API then "
+            f"reported failed by the platform in the last {window} "
+            f"(max {max_failed_after_accept})"
         )
     (n_enqueue,) = db.execute(
         "SELECT COUNT(*) FROM enqueues WHERE status = 'failed' AND started_at_ms >= :since",
@@ -850,9 +881,12 @@ def health(
             "max_failure_rate": max_failure_rate, "max_interrupted": max_interrupted,
             "max_undelivered": max_undelivered, "max_enqueue_failures": max_enqueue_failures,
             "max_drops": max_drops, "max_misuse": max_misuse,
+            "max_failed_after_accept": max_failed_after_accept,
             "min_attempts_for_rate": min_attempts_for_rate, "grace_seconds": grace_seconds,
             "retry_window_seconds": retry_window_seconds,
         },
         misuse=misuse,
         undelivered_in_grace=unsent.in_grace,
+        failed_after_accept=unsent.failed_after_accept,
+        unmatched_receipts=unmatched_receipts(db, start),
     )

@@ -30,6 +30,10 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
         "recipient", "status", "error_type", "error_text", "started_at_ms", "ended_at_ms",
         "service",
     ),
+    "receipts": (
+        "channel", "provider_message_id", "status", "at_ms", "recipient", "error_type",
+        "error_text", "trace_id", "span_id", "attempt_span_id", "recorded_at_ms", "service",
+    ),
     "attempts": (
         "delivery_id", "attempt", "max_attempts", "trace_id", "span_id", "parent_span_id",
         "inbound_id", "channel", "recipient", "status", "error_type", "error_text",
@@ -70,6 +74,8 @@ INSERT_SQL = {
     for table, cols in TABLE_COLUMNS.items()
     if table != "attempts"
 }
+# A webhook retried by the platform brings the same receipt again: one row.
+INSERT_SQL["receipts"] += " ON CONFLICT DO NOTHING"
 
 # Adds n to a drop reason's count (reason, n, first_at_ms, last_at_ms, last_error).
 DROP_SQL = (

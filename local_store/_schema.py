@@ -21,6 +21,7 @@ from sqlite_utils.migrations import Migrations
 
 from . import _rollups
 from ._journal import replay_orphans
+from ._receipts import RECEIPTS_SQL
 from ._verdicts import refresh_verdicts
 from .exceptions import (
     StoreCorruptError,
@@ -122,6 +123,12 @@ def m009_undelivered_verdicts(db: sqlite_utils.Database) -> None:
         pass
 
 
+@migrations()
+def m010_receipts(db: sqlite_utils.Database) -> None:
+    # What the platform said after accepting a message (see _receipts.py).
+    _run_script(db, RECEIPTS_SQL)
+
+
 def _run_script(db: sqlite_utils.Database, script: str) -> None:
     """Run ``script`` statement by statement inside the migration's transaction
     (``executescript`` would commit first, so a stopped backfill would leave half a
@@ -140,7 +147,7 @@ def _run_script(db: sqlite_utils.Database, script: str) -> None:
 KNOWN_MIGRATIONS = (
     "m001_initial", "m002_views", "m003_undelivered_by_trace", "m004_retry_after",
     "m005_summary_rollups", "m006_reply_pending", "m007_undelivered_indexes",
-    "m008_views_retry_after", "m009_undelivered_verdicts",
+    "m008_views_retry_after", "m009_undelivered_verdicts", "m010_receipts",
 )
 SCHEMA_VERSION = len(KNOWN_MIGRATIONS)
 

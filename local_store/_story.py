@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import sqlite_utils
@@ -19,6 +19,7 @@ from ._reading import (
     lost_enqueues,
     rows,
 )
+from ._receipts import receipts_of_traces
 from .exceptions import InvalidArgumentError, NotFoundError
 
 __all__ = ["TraceStory", "trace_story"]
@@ -37,6 +38,9 @@ class TraceStory:
     deliveries: list[DeliveryOutcome]
     timeline: list[dict[str, Any]]
     verdict: str
+    receipts: list[dict[str, Any]] = field(default_factory=list)
+    # each delivery's latest receipt status (what the platform says of it now)
+    receipt_status: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,6 +132,13 @@ def trace_story(
     deliveries = delivery_outcomes(
         db, f"SELECT DISTINCT delivery_id FROM attempts WHERE {in_traces}", params
     )
+    receipts = receipts_of_traces(db, params)
+    latest = {r["delivery_id"]: r for r in receipts}  # oldest first: the last one wins
+    timeline = _timeline(inbound, runs, enqueues, attempts)
+    if receipts:
+        timeline = sorted(
+            timeline + [_receipt_event(r) for r in receipts], key=lambda e: e["at_ms"]
+        )
     return TraceStory(
         selector={selector: value},
         trace_ids=trace_ids,
@@ -136,9 +147,23 @@ def trace_story(
         enqueues=enqueues,
         attempts=attempts,
         deliveries=deliveries,
-        timeline=_timeline(inbound, runs, enqueues, attempts),
-        verdict=_verdict(inbound, runs, enqueues, deliveries),
+        timeline=timeline,
+        verdict=_verdict(inbound, runs, enqueues, deliveries, latest),
+        receipts=receipts,
+        receipt_status={d: r["status"] for d, r in latest.items()},
     )
+
+
+def _receipt_event(r: dict[str, Any]) -> dict[str, Any]:
+    error = (
+        f": {_error_phrase(r['error_type'], r['error_text'])}"
+        if r["status"] == "failed" or r["error_type"] else ""
+    )
+    return {
+        "at_ms": r["at_ms"], "kind": "receipt", "status": r["status"],
+        "detail": f"platform reports message {r['provider_message_id']} of delivery "
+                  f"{r['delivery_id']} {r['status']}{error}",
+    }
 
 
 def _error_phrase(error_type: str | None, error_text: str | None) -> str:
@@ -178,15 +203,33 @@ def _delivery_phrase(d: DeliveryOutcome) -> str:
     return f"attempt {d.last_attempt} ended with status {d.last_status!r}"
 
 
+def _after_accept(d: DeliveryOutcome, receipt: dict[str, Any] | None) -> str:
+    """:func:`_delivery_phrase`, told on by the platform's latest receipt."""
+    phrase = _delivery_phrase(d)
+    if d.outcome != "delivered" or receipt is None:
+        return phrase
+    status = receipt["status"]
+    if status == "failed":
+        error = _error_phrase(receipt["error_type"], receipt["error_text"])
+        return (
+            f"accepted by the API on attempt {d.delivered_attempt}, then failed on the "
+            f"platform: {error}"
+        )
+    if status in ("delivered", "read"):
+        return f"{phrase}; the platform reports it {status}"
+    return f"{phrase}; the platform reports it {status}, not yet delivered"
+
+
 def _verdict(
     inbound: list[dict[str, Any]],
     runs: list[dict[str, Any]],
     enqueues: list[dict[str, Any]],
     deliveries: list[DeliveryOutcome],
+    receipts: dict[str, dict[str, Any]],
 ) -> str:
     attempted = {d.delivery_id for d in deliveries}
     parts: list[tuple[str | None, str]] = [
-        (d.delivery_id, _delivery_phrase(d)) for d in deliveries
+        (d.delivery_id, _after_accept(d, receipts.get(d.delivery_id))) for d in deliveries
     ] + [
         (e["delivery_id"], f"enqueue failed: {_error_phrase(e['error_type'], e['error_text'])}")
         for e in lost_enqueues(enqueues, attempted)

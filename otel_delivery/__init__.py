@@ -19,6 +19,7 @@ from ._decorators import ai_run, deliver, enqueue, inbound
 from ._extract import arg
 from ._paths import default_store_path, resolve_store_path
 from ._propagation import carry
+from ._receipts import receipt
 from .exceptions import ConfigError
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "deliver",
     "enqueue",
     "inbound",
+    "receipt",
     "resolve_store_path",
     "retry_after_seconds",
 ]

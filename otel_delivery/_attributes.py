@@ -16,6 +16,7 @@ KIND_INBOUND: Final = "inbound"
 KIND_AI_RUN: Final = "ai_run"
 KIND_DELIVER: Final = "deliver"
 KIND_ENQUEUE: Final = "enqueue"
+KIND_RECEIPT: Final = "receipt"
 
 # -- per-call values (our namespace) -------------------------------------------------
 CHANNEL: Final = "otel_delivery.channel"
@@ -36,6 +37,7 @@ FINAL: Final = "otel_delivery.final"  # bool: no retry will follow this attempt
 ERROR_MESSAGE: Final = "otel_delivery.error.message"  # truncated to ERROR_TEXT_LIMIT
 PROVIDER_MESSAGE_ID: Final = "otel_delivery.provider_message_id"
 REPLY_PRODUCED: Final = "otel_delivery.reply_produced"  # bool, on ai_run
+RECEIPT_STATUS: Final = "otel_delivery.receipt.status"  # sent | delivered | read | failed
 
 # -- on the span links a retry carries to earlier attempts (our namespace) ---------------
 LINK: Final = "otel_delivery.link"

@@ -24,12 +24,13 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from local_store import StoreWriter
+from local_store import AttemptFinder, StoreWriter
 
 from ._attributes import ERROR_TEXT_LIMIT
 from ._classify import Classifier
 from ._paths import resolve_store_path
 from ._processor import StoreSpanProcessor
+from ._receipts import RecentSends
 from ._sampling import record_locally
 from ._state import INSTRUMENTATION_NAME, Counters, Runtime, install, make_pseudonymizer, uninstall
 from .exceptions import ConfigError
@@ -414,6 +415,7 @@ def configure(
         provider = tracer_provider or _global_sdk_provider(service_name)
         processors: list[_Switchable] = []
         writer: StoreWriter | None = None
+        find_attempt: Callable[[str, str], tuple[str, str] | None] | None = None
         store_path: Path | None = None
         try:
             if mirror:
@@ -429,7 +431,9 @@ def configure(
                     **writer_kwargs,
                 )
                 counters.sink = lambda reason, n, err: writer.count_drop(reason, n, error=err)
-                processors.append(_Switchable(StoreSpanProcessor(writer, counters)))
+                recent = RecentSends()
+                processors.append(_Switchable(StoreSpanProcessor(writer, counters, recent)))
+                find_attempt = _finder(recent, AttemptFinder(store_path))
             exporter = span_exporter or _otlp_exporter(otlp_endpoint, otlp_protocol)
             if exporter is not None:
                 processors.append(_Switchable(_CountedBatch(exporter, counters)))
@@ -451,6 +455,7 @@ def configure(
             pseudonymize=make_pseudonymizer(key_bytes) if key_bytes else None,
             error_text_limit=error_text_limit,
             counters=counters,
+            find_attempt=find_attempt,
         )
         install(rt)
         _active = Instrumentation(
@@ -462,6 +467,17 @@ def configure(
             _atexit_registered = True
         multiprocessing.util.register_after_fork(_active, _flush_at_child_exit)
         return _active
+
+
+def _finder(
+    recent: RecentSends, stored: AttemptFinder
+) -> Callable[[str, str], tuple[str, str] | None]:
+    """Where a receipt finds its attempt: this process's recent sends, then the store."""
+
+    def find(channel: str, message_id: str) -> tuple[str, str] | None:
+        return recent.get(channel, message_id) or stored.find(channel, message_id)
+
+    return find
 
 
 def _global_sdk_provider(service_name: str | None) -> TracerProvider:

@@ -9,6 +9,7 @@ rows on its own thread (an ended span no longer changes).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -20,6 +21,7 @@ from opentelemetry.trace import StatusCode
 from local_store import StoreWriter
 
 from . import _attributes as A
+from ._receipts import RecentSends
 from ._state import Counters
 
 __all__ = ["StoreSpanProcessor"]
@@ -48,9 +50,13 @@ class StoreSpanProcessor(SpanProcessor):
     a failure is counted in ``counters`` and the span goes on to the other processors.
     """
 
-    def __init__(self, writer: StoreWriter, counters: Counters | None = None) -> None:
+    def __init__(
+        self, writer: StoreWriter, counters: Counters | None = None,
+        recent_sends: RecentSends | None = None,
+    ) -> None:
         self.writer = writer
         self.counters = counters or Counters()
+        self.recent_sends = recent_sends
         self._active = True
 
     # -- SpanProcessor -----------------------------------------------------------------
@@ -83,7 +89,13 @@ class StoreSpanProcessor(SpanProcessor):
             if ctx is None:
                 return
             if kind == A.KIND_DELIVER:
-                self.writer.end_attempt(self._attempt_row(span, attributes))
+                row = self._attempt_row(span, attributes)
+                self.writer.end_attempt(row)
+                if self.recent_sends is not None and row["provider_message_id"] is not None:
+                    self.recent_sends.add(
+                        str(row["channel"]), str(row["provider_message_id"]),
+                        row["trace_id"], row["span_id"],
+                    )
             elif kind == A.KIND_INBOUND:
                 self.writer.submit_lazy(
                     "inbound_messages", partial(self._inbound_row, span, attributes)
@@ -92,6 +104,8 @@ class StoreSpanProcessor(SpanProcessor):
                 self.writer.submit_lazy("ai_runs", partial(self._run_row, span, attributes))
             elif kind == A.KIND_ENQUEUE:
                 self.writer.submit_lazy("enqueues", partial(self._enqueue_row, span, attributes))
+            elif kind == A.KIND_RECEIPT:
+                self.writer.submit_lazy("receipts", partial(self._receipt_row, span, attributes))
         except Exception as exc:
             self.counters.add("processor_error", 1, repr(exc)[:200])
 
@@ -174,6 +188,26 @@ class StoreSpanProcessor(SpanProcessor):
             duration_ms=_duration_ms(span),
         )
         return row
+
+    def _receipt_row(self, span: ReadableSpan, attributes: Mapping[str, Any]) -> dict[str, Any]:
+        ctx = span.get_span_context()
+        resource = span.resource
+        # A receipt that found its attempt is the attempt's child, and links to it.
+        attempt = span.parent if span.links else None
+        return {
+            "channel": attributes.get(A.CHANNEL),
+            "provider_message_id": attributes.get(A.MESSAGING_MESSAGE_ID),
+            "status": attributes.get(A.RECEIPT_STATUS),
+            "at_ms": _ms(span.start_time),
+            "recipient": attributes.get(A.RECIPIENT),
+            "error_type": attributes.get(A.ERROR_TYPE),
+            "error_text": attributes.get(A.ERROR_MESSAGE),
+            "trace_id": f"{ctx.trace_id:032x}" if ctx else None,
+            "span_id": f"{ctx.span_id:016x}" if ctx else None,
+            "attempt_span_id": f"{attempt.span_id:016x}" if attempt else None,
+            "recorded_at_ms": time.time_ns() // _NS_PER_MS,
+            "service": resource.attributes.get("service.name") if resource else None,
+        }
 
     def _enqueue_row(self, span: ReadableSpan, attributes: Mapping[str, Any]) -> dict[str, Any]:
         row = self._common(span, attributes)

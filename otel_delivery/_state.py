@@ -76,6 +76,8 @@ class Runtime:
     error_text_limit: int = ERROR_TEXT_LIMIT
     counters: Counters = field(default_factory=Counters)
     enabled: bool = True
+    # (channel, provider message id) -> (trace id, span id) of the attempt that sent it
+    find_attempt: Callable[[str, str], tuple[str, str] | None] | None = None
 
 
 _lock = threading.Lock()

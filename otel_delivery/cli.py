@@ -264,6 +264,19 @@ def summary(store: str | None, as_json: bool, since: str, by: str, retry_window:
             f"({_plural(extra, 'delivery', 'deliveries')} more in the channel rows than in "
             "the total: they were tried on several channels and count in each)"
         )
+    if result.receipts:
+        click.echo("\nReceipts (what the platform reported after accepting a message):")
+        click.echo(_table(
+            ["channel", "messages", "delivered", "read", "failed_after_accept",
+             "delivered_rate", "read_rate"],
+            [[r.channel, r.messages, r.delivered, r.read, r.failed,
+              f"{r.delivered_rate:.1%}", f"{r.read_rate:.1%}"] for r in result.receipts],
+        ))
+    if result.unmatched_receipts:
+        click.echo(
+            f"({_plural(result.unmatched_receipts, 'receipt')} for messages no attempt in "
+            "the store sent: unmatched_receipt)"
+        )
 
 
 def _ordered(first: Sequence[str], dicts: Iterable[dict[str, int]]) -> list[str]:
@@ -362,9 +375,10 @@ def trace(
     if story.deliveries:
         click.echo("")
         click.echo(_table(
-            ["delivery", "channel", "outcome", "attempts", "last error"],
+            ["delivery", "channel", "outcome", "attempts", "receipt", "last error"],
             [
                 [d.delivery_id, d.channel, d.outcome, d.attempts,
+                 story.receipt_status.get(d.delivery_id),
                  d.error_type if d.outcome != "delivered" else None]
                 for d in story.deliveries
             ],
@@ -387,8 +401,9 @@ def undelivered(
     every failed enqueue (the ones a gateway swallows).
 
     Reasons: no_attempt, enqueue_failed, failed, interrupted, abandoned (failed
-    transiently, no retry within --retry-window), pending_retry, in_flight. Replies
-    younger than --grace are not judged yet; the last line says how many.
+    transiently, no retry within --retry-window), pending_retry, in_flight, and
+    failed_after_accept (the API accepted it, the platform's receipt says failed).
+    Replies younger than --grace are not judged yet; the last line says how many.
 
     \b
     Example:
@@ -422,9 +437,13 @@ def undelivered(
             for i in report.items
         ],
     ))
+    after = (
+        f", {_plural(report.failed_after_accept, 'message')} failed after the API accepted"
+        if report.failed_after_accept else ""
+    )
     click.echo(
         f"\n{_plural(report.replies, 'reply', 'replies')} not delivered, "
-        f"{_plural(report.enqueue_failures, 'other failed enqueue')} {window}{waiting}"
+        f"{_plural(report.enqueue_failures, 'other failed enqueue')}{after} {window}{waiting}"
     )
 
 
@@ -519,6 +538,8 @@ def prune(
 @click.option("--max-drops", type=int, default=0, show_default=True)
 @click.option("--max-misuse", type=int, default=0, show_default=True,
               help="Decorated calls that lost their trace link (orphan_send, carrier_missing).")
+@click.option("--max-failed-after-accept", type=int, default=0, show_default=True,
+              help="Messages the API accepted that the platform's receipts say failed.")
 @click.option("--min-attempts-for-rate", type=int, default=1, show_default=True,
               help="Judge a channel's failure rate only from this many attempts.")
 @_duration_option(
@@ -537,6 +558,7 @@ def health(
     max_enqueue_failures: int,
     max_drops: int,
     max_misuse: int,
+    max_failed_after_accept: int,
     min_attempts_for_rate: int,
     grace: str,
     retry_window: str,
@@ -558,6 +580,7 @@ def health(
             max_enqueue_failures=max_enqueue_failures,
             max_drops=max_drops,
             max_misuse=max_misuse,
+            max_failed_after_accept=max_failed_after_accept,
             min_attempts_for_rate=min_attempts_for_rate,
             grace_seconds=_seconds("--grace", grace, allow_zero=True),
             retry_window_seconds=_seconds("--retry-window", retry_window, allow_zero=True),

@@ -53,9 +53,13 @@ SNIPPET_FILES = ["telegram_ptb.py", "telegram_aiogram.py", "slack_bolt_listener.
 SHOWN = re.compile(r"<!-- (tests/snippets/\w+\.py) -->\n```python\n(.*?)```", re.S)
 
 
+# README-only snippets, each run by a test of its own: the quickstart
+# (test_quickstart.py) and the WhatsApp receipts webhook (test_receipts.py).
+README_ONLY = ("quickstart.py", "whatsapp_receipts.py")
+
+
 def test_the_snippet_list_is_every_snippet_file() -> None:
-    # quickstart.py is the README's first example, run by test_quickstart.py
-    files = {p.name for p in SNIPPETS.glob("*.py")} - {"__init__.py", "quickstart.py"}
+    files = {p.name for p in SNIPPETS.glob("*.py")} - {"__init__.py", *README_ONLY}
     assert files == set(SNIPPET_FILES)
 
 
@@ -73,7 +77,9 @@ def test_the_docs_show_every_snippet_verbatim() -> None:
 def test_the_readme_shows_its_snippet_verbatim() -> None:
     readme = (ROOT / "README.md").read_text()
     shown = SHOWN.findall(readme)
-    assert [path for path, _ in shown] == ["tests/snippets/telegram_ptb.py"]
+    assert [path for path, _ in shown] == [
+        "tests/snippets/telegram_ptb.py", "tests/snippets/whatsapp_receipts.py",
+    ]
     # Every marker is followed by a copy the pattern above can compare.
     assert readme.count("<!-- tests/snippets/") == len(shown)
     for path, code in shown:

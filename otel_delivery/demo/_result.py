@@ -25,6 +25,7 @@ class DemoCounts:
     attempts: dict[str, dict[str, int]]
     deliveries: dict[str, int]
     reloaded_after_restart: int
+    receipts: dict[str, int] = field(default_factory=dict)  # WhatsApp statuses, by status
 
     def attempts_by_status(self) -> dict[str, int]:
         totals: dict[str, int] = {}

@@ -20,7 +20,7 @@ from local_store import open_store
 from ._crash import kill_mid_send
 from ._result import DemoCounts, DemoResult
 from ._scenario import STORIES, Scenario, plan
-from .channels import CHANNELS, PLATFORMS, FakeChannelAPI
+from .channels import CHANNELS, PLATFORMS, FakeChannelAPI, whatsapp_status_webhooks
 from .delivery_queue import SimClock
 from .exceptions import DemoError
 from .gateway import SERVICE_NAME, Gateway, GatewayStats
@@ -143,6 +143,11 @@ async def _play(
         for m in scenario.after_restart:
             gateway.receive(m.channel, m.update())
         await gateway.settle(until=math.inf)
+        # Later, WhatsApp reports what became of the messages its API accepted.
+        for payload in whatsapp_status_webhooks(
+            apis["whatsapp"].accepted, scenario.failing_after_accept, clock.now()
+        ):
+            gateway.status_webhook.post(payload)
     finally:
         await gateway.stop()
     return gateway.stats
@@ -161,4 +166,5 @@ def _counts(stats: GatewayStats) -> DemoCounts:
         attempts=attempts,
         deliveries=dict(sorted(stats.outcomes.items())),
         reloaded_after_restart=stats.reloaded_after_restart,
+        receipts=dict(sorted(stats.receipts.items())),
     )

@@ -30,10 +30,12 @@ STORIES: dict[str, str] = {
     "enqueue_failed": "reply produced, lost at enqueue (the gateway swallowed the error)",
     "interrupted": "the sender was killed mid-send; retried after the restart as attempt 2",
     "no_reply": "the agent chose not to reply: nothing to deliver",
+    "failed_after_accept": "accepted by WhatsApp's API, then failed on the platform "
+                           "(131047: the 24-hour window had closed)",
 }
 # Their transient failures must straddle the restart, so they come before it.
 _BEFORE_RESTART = ("timed_out", "retried_after_restart", "rate_limited")
-_ANYWHERE = ("blocked", "too_long", "enqueue_failed", "no_reply")
+_ANYWHERE = ("blocked", "too_long", "enqueue_failed", "no_reply", "failed_after_accept")
 
 NORMAL_TEXTS = (
     "what's on my calendar tomorrow?",
@@ -97,6 +99,8 @@ class Scenario:
     after_restart: list[PlannedMessage]
     faults: dict[str, dict[str, list[Fault | None]]] = field(default_factory=dict)
     blocked: dict[str, set[str]] = field(default_factory=dict)
+    # deliveries the platform accepts, then reports failed in a status webhook
+    failing_after_accept: set[str] = field(default_factory=set)
 
     @property
     def messages(self) -> list[PlannedMessage]:
@@ -144,8 +148,12 @@ def plan(seed: int, messages: int, run_tag: str) -> Scenario:
     planned: list[PlannedMessage] = []
     for i in range(messages):
         story = stories.get(i)
-        # Telegram's wording is the one quoted in the seed issue.
-        channel = "telegram" if story == "blocked" else rng.choice(CHANNELS)
+        # Telegram's wording is the one quoted in the seed issue; WhatsApp's Cloud API
+        # is the one that reports statuses after accepting a message.
+        channel = rng.choice(CHANNELS)
+        channel = {"blocked": "telegram", "failed_after_accept": "whatsapp"}.get(
+            story or "", channel
+        )
         sender, conversation = rng.choice(people[channel])
         text = rng.choice(NORMAL_TEXTS)
         noise = rng.random()  # drawn for every message, so stories do not shift the stream
@@ -184,4 +192,7 @@ def plan(seed: int, messages: int, run_tag: str) -> Scenario:
         after_restart=planned[crash_at + 1:],
         faults=faults,
         blocked=blocked,
+        failing_after_accept={
+            m.delivery_id for m in planned if m.story == "failed_after_accept"
+        },
     )

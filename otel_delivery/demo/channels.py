@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "CHANNELS",
     "PLATFORMS",
+    "REENGAGEMENT_ERROR",
     "ChannelAPIError",
     "DiscordHTTPError",
     "FakeChannelAPI",
@@ -25,6 +26,7 @@ __all__ = [
     "SlackApiError",
     "TelegramError",
     "WhatsAppError",
+    "whatsapp_status_webhooks",
 ]
 
 CHANNELS = ("telegram", "slack", "whatsapp", "discord")
@@ -138,6 +140,8 @@ class FakeChannelAPI:
         self.faults = dict(faults or {})
         self._calls: dict[str, int] = {}
         self._sent = 0
+        #: (client_ref, message id, recipient) of every message the API accepted
+        self.accepted: list[tuple[str, str, str]] = []
 
     async def send_message(self, recipient: str, text: str, *, client_ref: str) -> SentMessage:
         await asyncio.sleep(0)  # the round trip: other tasks run meanwhile
@@ -161,4 +165,43 @@ class FakeChannelAPI:
             status, description = p.too_long
             raise p.error(description, status_code=status)
         self._sent += 1
-        return SentMessage(message_id=f"{p.name[:2]}-msg-{self._sent}")
+        message_id = f"{p.name[:2]}-msg-{self._sent}"
+        self.accepted.append((client_ref, message_id, recipient))
+        return SentMessage(message_id=message_id)
+
+
+# What WhatsApp's Cloud API reports when the 24-hour customer service window closed.
+REENGAGEMENT_ERROR = {
+    "code": 131047, "title": "Re-engagement message", "message": "Re-engagement message",
+    "error_data": {"details": "Message failed to send because more than 24 hours have "
+                              "passed since the customer last replied to this number."},
+}
+
+
+def whatsapp_status_webhooks(
+    accepted: Sequence[tuple[str, str, str]], failing: Collection[str], at: float
+) -> list[dict[str, Any]]:
+    """The Cloud API's status webhooks for messages it accepted (``statuses`` entries
+    with id, status, timestamp and recipient_id): sent, then delivered and, for every
+    other message, read; a message in ``failing`` is sent, then failed (131047)."""
+    statuses: list[dict[str, Any]] = []
+    for n, (client_ref, message_id, recipient) in enumerate(accepted):
+        said: list[tuple[str, int, dict[str, Any]]] = [("sent", 1, {})]
+        if client_ref in failing:
+            said.append(("failed", 2, {"errors": [REENGAGEMENT_ERROR]}))
+        else:
+            said.append(("delivered", 2, {}))
+            if n % 2 == 0:
+                said.append(("read", 20, {}))
+        statuses.extend(
+            {"id": message_id, "status": name, "timestamp": str(int(at) + after),
+             "recipient_id": recipient.lstrip("+"), **extra}
+            for name, after, extra in said
+        )
+    # One webhook per status, as the platform sends them.
+    return [
+        {"object": "whatsapp_business_account", "entry": [{"id": "demo-waba", "changes": [
+            {"field": "messages", "value": {"messaging_product": "whatsapp",
+                                            "statuses": [s]}}]}]}
+        for s in statuses
+    ]

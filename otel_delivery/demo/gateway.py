@@ -75,6 +75,31 @@ class GatewayStats:
     #: delivered | failed -> deliveries that ended that way
     outcomes: Counter[str] = field(default_factory=Counter)
     reloaded_after_restart: int = 0
+    #: status -> receipts the platform's webhooks reported (sent, delivered, read, failed)
+    receipts: Counter[str] = field(default_factory=Counter)
+
+
+def whatsapp_statuses(payload: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Every status in a WhatsApp Cloud API webhook payload."""
+    return [
+        status for entry in payload.get("entry", ())
+        for change in entry.get("changes", ())
+        for status in change.get("value", {}).get("statuses", ())
+    ]
+
+
+class StatusWebhook:
+    """The endpoint WhatsApp posts message statuses to (``@receipt``)."""
+
+    def __init__(self, stats: GatewayStats) -> None:
+        self.stats = stats
+
+    @otel_delivery.receipt(
+        channel="whatsapp", receipts=lambda self, payload: whatsapp_statuses(payload)
+    )
+    def post(self, payload: Mapping[str, Any]) -> None:
+        for status in whatsapp_statuses(payload):
+            self.stats.receipts[str(status.get("status"))] += 1
 
 
 def parse_update(channel: str, update: Mapping[str, Any]) -> InboundMessage:
@@ -254,6 +279,7 @@ class Gateway:
         self.updates: dict[str, asyncio.Queue[dict[str, Any]]] = {c: asyncio.Queue() for c in apis}
         self.agent_inbox: asyncio.Queue[InboundMessage] = asyncio.Queue()
         self.agent = Agent(model or FakeModel(), self.stats)
+        self.status_webhook = StatusWebhook(self.stats)
         self._workers: list[asyncio.Task[None]] = []
         self._senders: list[asyncio.Task[None]] = []
 

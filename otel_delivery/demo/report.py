@@ -24,7 +24,7 @@ _ERROR_TEXT_WIDTH = 48
 # The stories worth a `trace` command, in the order a reader meets them.
 _TRACE_STORIES = (
     "rate_limited", "blocked", "enqueue_failed", "interrupted", "retried_after_restart",
-    "timed_out", "too_long",
+    "timed_out", "too_long", "failed_after_accept",
 )
 
 
@@ -79,6 +79,9 @@ def write_report(result: DemoResult, out: TextIO, *, store_option: bool) -> None
       f"{by_status.get('interrupted', 0)} interrupted")
     p(f"  a sender was killed (SIGKILL) mid-send; the queue restarted from its file "
       f"with {c.reloaded_after_restart} pending entries, whose retries joined their traces")
+    if c.receipts:
+        p("  WhatsApp then reported statuses for the messages its API accepted: "
+          + ", ".join(f"{n} {status}" for status, n in c.receipts.items()))
     p("  (backoffs are simulated: the gateway's clock jumps ahead instead of sleeping)")
 
     # This run only, with a second of margin so its first rows are inside the window.
@@ -118,7 +121,7 @@ def write_report(result: DemoResult, out: TextIO, *, store_option: bool) -> None
         [
             [g.attempts, _short_type(g.key["error_type"]), g.key["failure_class"],
              example.get((g.key["error_type"], g.key["failure_class"]))]
-            for g in by_error.groups
+            for g in by_error.groups if g.statuses.get("failed")
         ],
     ))
 
@@ -132,6 +135,15 @@ def write_report(result: DemoResult, out: TextIO, *, store_option: bool) -> None
             for i in lost.items
         ],
     ))
+
+    if by_channel.receipts:
+        p("")
+        p("What the platforms reported after accepting (receipts)")
+        p(_table(
+            ["channel", "messages", "delivered", "read", "failed after accept"],
+            [[r.channel, r.messages, r.delivered, r.read, r.failed]
+             for r in by_channel.receipts],
+        ))
 
     p("")
     p(f"Interrupted attempts ({len(cut_short)})")

@@ -31,7 +31,7 @@ from .traffic import BulkWriter, messages, messages_for_attempts
 
 __all__ = ["SIZES", "Size", "main", "run"]
 
-MEASURES = ("1", "2", "3", "4", "5", "6", "7")
+MEASURES = ("1", "2", "3", "4", "5", "6", "7", "8")
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,13 @@ def run(
             return [r for r in res if r.id[0] in only], extra
 
         step("overhead (#1, #2)", overhead)
+    if "8" in only:
+        from .receipts import run_receipts
+
+        step("receipts (#8)", lambda: run_receipts(
+            calls=size.calls, rounds=size.rounds, warmup=size.warmup,
+            workdir=_fresh(work / "receipts"),
+        ))
     if "3" in only:
         from .ingest import run_ingest
 
