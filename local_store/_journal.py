@@ -9,11 +9,13 @@ between a send and the commit of its outcome, leaves its rows in its journal, no
 nowhere.
 
 Each writer appends to files named ``<store>-journal-<pid>-<token>`` beside the
-store, holding an exclusive ``flock(2)`` on each for as long as it lives; the kernel
+store (eight hex digits of token), each starting with the line :data:`HEADER`,
+holding an exclusive ``flock(2)`` on each for as long as it lives; the kernel
 lets go of the lock however the process dies. A file is deleted once every row in it
 has been committed (or counted as lost), and emptied when every row it holds is
-committed. :func:`replay_orphans` commits the rows of
-files that no living process holds: ``open_store`` runs it for every writable open
+committed. :func:`~local_store._replay.replay_orphans` commits the rows of
+files that no living process holds (and touches no file without that exact name
+and first line): ``open_store`` runs it for every writable open
 (a gateway's background writer, any CLI command, prune), so after a crash the
 outcomes are in the store before anyone reads it through us.
 
@@ -27,21 +29,22 @@ import errno
 import fcntl
 import glob
 import json
-import logging
 import os
+import re
 import secrets
-import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ._rows import DROP_SQL, END_SQL, START_BATCH_SQL, attempt_params
+from ._fs import open_regular
+from ._rows import END_SQL, START_BATCH_SQL
 
-__all__ = ["Journal", "JournalSegment", "journal_files", "replay_orphans"]
-
-_log = logging.getLogger("local_store")
+__all__ = [
+    "HEADER", "SQL", "Journal", "JournalSegment", "is_journal_name", "journal_files", "same_file",
+]
 
 # A file stops taking rows at this size; it is deleted once its rows are committed.
 # (A file whose rows are all committed is emptied at once; this bounds it under load.)
@@ -53,13 +56,37 @@ _RETRY_AFTER_SECONDS = 1.0
 # rows are flat, so the check for circular references is skipped.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 # The kinds of row a journal holds, and the SQL that writes each.
-_SQL = {"attempts:start": START_BATCH_SQL, "attempts:end": END_SQL}
+SQL = {"attempts:start": START_BATCH_SQL, "attempts:end": END_SQL}
+# The first line of every journal file: with the exact name, what tells a file we
+# made from a copy, a backup or anything else that happens to match a glob.
+HEADER = b'["otel-delivery-journal",1]\n'
+_TOKEN_HEX = 8
+_NAME_TAIL = re.compile(rf"-journal-[0-9]{{1,10}}-[0-9a-f]{{{_TOKEN_HEX}}}")
+
+
+def is_journal_name(store: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is named exactly as a journal of ``store`` is."""
+    s, p = Path(store), Path(path)
+    if p.parent != s.parent or not p.name.startswith(s.name):
+        return False
+    return _NAME_TAIL.fullmatch(p.name[len(s.name):]) is not None
 
 
 def journal_files(store: str | os.PathLike[str]) -> list[Path]:
-    """Every journal file of the store at ``store``, live or orphaned, oldest name first."""
+    """The files named as journals of the store at ``store`` (live or orphaned), that
+    are regular files and not symlinks, oldest name first. Whether one really is a
+    journal is told by its first line, when it is opened."""
     p = Path(store)
-    return sorted(Path(f) for f in glob.glob(f"{glob.escape(str(p))}-journal-*"))
+    found = []
+    for name in glob.glob(f"{glob.escape(str(p))}-journal-*"):
+        if not is_journal_name(p, name):
+            continue
+        try:
+            if stat.S_ISREG(os.lstat(name).st_mode):
+                found.append(Path(name))
+        except OSError:
+            continue
+    return sorted(found)
 
 
 class JournalSegment:
@@ -88,7 +115,7 @@ class Journal:
     def append(self, kind: str, row: Mapping[str, Any]) -> JournalSegment | None:
         """Write ``row`` to the journal; None if it could not be (the caller then writes
         it some other way). Pass the returned segment to :meth:`done` once committed."""
-        if kind not in _SQL:
+        if kind not in SQL:
             raise ValueError(f"the journal keeps attempt rows only, not {kind!r}")
         if time.monotonic() < self._retry_at:
             return None
@@ -131,12 +158,12 @@ class Journal:
                 # still in it stay until committed, new ones go to a new file.
                 self._retire(cur)
                 cur = None
-            if cur is not None and cur.outstanding <= 0 and cur.size:
+            if cur is not None and cur.outstanding <= 0 and cur.size > len(HEADER):
                 # Everything in it is committed: start it over, so a crash now replays
-                # nothing and an idle gateway keeps an empty file.
+                # nothing and an idle gateway keeps a file of one line.
                 try:
-                    os.ftruncate(cur.fd, 0)
-                    cur.size = 0
+                    os.ftruncate(cur.fd, len(HEADER))
+                    cur.size = len(HEADER)
                 except OSError:
                     self._retire(cur)
         for seg in finished:
@@ -167,15 +194,22 @@ class Journal:
     def _next_segment(self) -> JournalSegment:
         if self._current is not None:
             self._retire(self._current)
-        path = Path(f"{self.store}-journal-{os.getpid()}-{secrets.token_hex(4)}")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        path = Path(f"{self.store}-journal-{os.getpid()}-{secrets.token_hex(_TOKEN_HEX // 2)}")
+        fd = open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.write(fd, HEADER) != len(HEADER):
+                raise OSError(errno.ENOSPC, "short write to the journal")
         except OSError:
             os.close(fd)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
             raise
-        self._current = JournalSegment(path, fd)
-        return self._current
+        seg = self._current = JournalSegment(path, fd)
+        seg.size = len(HEADER)
+        return seg
 
     def _retire(self, seg: JournalSegment) -> None:
         """``seg`` takes no more rows; it goes when its last row is committed."""
@@ -191,9 +225,19 @@ def _unlinked(fd: int) -> bool:
     return os.fstat(fd).st_nlink == 0
 
 
+def same_file(fd: int, path: Path) -> bool:
+    """True when ``path`` still names the file open as ``fd`` (not a file put there
+    since, which is not ours to delete)."""
+    try:
+        st, here = os.fstat(fd), os.lstat(path)
+    except OSError:
+        return False
+    return st.st_nlink > 0 and (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
+
+
 def _delete(seg: JournalSegment) -> None:
     try:
-        if not _unlinked(seg.fd):
+        if same_file(seg.fd, seg.path):
             os.unlink(seg.path)
     except OSError:
         pass
@@ -201,70 +245,3 @@ def _delete(seg: JournalSegment) -> None:
         os.close(seg.fd)
     except OSError:
         pass
-
-
-def replay_orphans(conn: sqlite3.Connection, store: str | os.PathLike[str]) -> int:
-    """Commit the rows of the store's journal files that no living process holds, then
-    delete the files; return how many rows were written.
-
-    Replaying twice writes the same rows (a start row already there is kept; an
-    outcome is set again to itself). A row SQLite refuses is counted in ``drops`` as
-    ``unwritable_row``; a line cut short (a full disk mid-append) is skipped, since
-    its row was written the synchronous way when the append failed. Raises
-    ``sqlite3.Error`` if the store is busy or cannot be written: the files then stay
-    for the next try.
-    """
-    written = 0
-    for path in journal_files(store):
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue  # deleted meanwhile by its writer or another replayer
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # its writer is alive
-            if _unlinked(fd):
-                continue  # another replayer finished it between our open and our lock
-            with os.fdopen(os.dup(fd), "rb") as f:
-                data = f.read()
-            written += _apply(conn, data, path)
-            os.unlink(path)
-        finally:
-            os.close(fd)
-    return written
-
-
-def _apply(conn: sqlite3.Connection, data: bytes, path: Path) -> int:
-    rows: list[tuple[str, dict[str, Any]]] = []
-    for line in data.splitlines():
-        try:
-            kind, row = json.loads(line)
-            if kind in _SQL and isinstance(row, dict):
-                rows.append((kind, row))
-        except (ValueError, TypeError):
-            continue
-    if not rows:
-        return 0
-    if conn.in_transaction:  # the caller's transaction is not ours to commit
-        raise sqlite3.OperationalError("replay_orphans needs a connection outside a transaction")
-    bad = 0
-    error = None
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for kind, row in rows:
-            try:
-                conn.execute(_SQL[kind], attempt_params(row))
-            except (OverflowError, sqlite3.InterfaceError, sqlite3.IntegrityError) as exc:
-                bad += 1
-                error = f"{kind}: {exc!r}"[:300]
-        if bad:
-            now = time.time_ns() // 1_000_000
-            conn.execute(DROP_SQL, ("unwritable_row", bad, now, now, error))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.rollback()
-        raise
-    _log.info("otel-delivery replayed %d rows from %s", len(rows) - bad, path.name)
-    return len(rows) - bad

@@ -20,8 +20,9 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from . import _rollups
-from ._journal import replay_orphans
+from ._fs import NotRegularFileError, check_store_path, create_private_file, open_regular
 from ._receipts import RECEIPTS_SQL
+from ._replay import replay_orphans
 from ._verdicts import refresh_verdicts
 from .exceptions import (
     StoreCorruptError,
@@ -351,18 +352,6 @@ SELECT * FROM v_attempts WHERE status = 'failed' ORDER BY id DESC;
 DEFAULT_BUSY_TIMEOUT_SECONDS = 5.0
 
 
-def _create_private_file(path: Path) -> None:
-    """Create an empty file readable by its owner only.
-
-    SQLite creates the ``-wal`` and ``-shm`` files with the main file's mode,
-    so setting it here covers all three.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-    os.close(fd)
-    os.chmod(path, 0o600)
-
-
 def connect(
     path: str | os.PathLike[str],
     *,
@@ -456,13 +445,19 @@ def open_store(
     p = Path(path)
     if p.is_dir():
         raise StoreCorruptError(f"{p} is a directory, not a store file")
-    if not p.exists():
+    try:
+        absent = check_store_path(p, create=create)
+    except NotRegularFileError as exc:
+        raise StoreCorruptError(f"{p} {exc.strerror}") from None
+    if absent:
         if not create:
             raise StoreNotFoundError(
                 f"no store at {p}: run a gateway configured with otel_delivery.configure() "
                 "(or `otel-delivery demo`) first, or pass --store PATH"
             )
-        _create_private_file(p)
+        # SQLite creates the -wal and -shm files with the main file's mode, so this
+        # covers all three.
+        create_private_file(p)
     conn = connect(p, readonly=readonly, busy_timeout_seconds=busy_timeout_seconds)
     db = sqlite_utils.Database(conn, execute_plugins=False)
     try:
@@ -478,6 +473,8 @@ def open_store(
                 # An older schema is still readable by the queries that exist in it;
                 # upgrading needs a writer (any configured gateway does it).
                 return db
+            if version == 0:
+                _make_private(p)  # an empty file someone else made: it holds rows now
             if version > 0 and not upgrade:
                 raise StoreUpgradeNeededError(
                     f"{p} has schema {version} of {SCHEMA_VERSION}: it is upgraded by the "
@@ -495,6 +492,19 @@ def open_store(
             raise _corrupt(p, exc) from exc
         raise
     return db
+
+
+def _make_private(path: Path) -> None:
+    try:
+        fd = open_regular(path, os.O_RDONLY)
+    except OSError:
+        return  # SQLite has it open already; a file we cannot open we cannot chmod
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError:
+        pass  # not ours (a store shared between users): its owner decides
+    finally:
+        os.close(fd)
 
 
 def _replay_journals(db: sqlite_utils.Database, path: Path) -> None:

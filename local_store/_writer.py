@@ -61,8 +61,9 @@ from typing import Any
 
 import sqlite_utils
 
-from ._journal import Journal, replay_orphans
+from ._journal import Journal
 from ._ratelimit import RateLimitedLog
+from ._replay import replay_orphans
 from ._rescue import rescue_interrupted
 from ._rows import (
     DROP_SQL,
@@ -75,6 +76,7 @@ from ._rows import (
     attempt_params,
 )
 from ._schema import connect, open_store
+from ._values import clean_row
 from ._verdicts import refresh_verdicts
 from .exceptions import StoreCorruptError, StoreError, StoreUpgradeNeededError
 
@@ -399,6 +401,7 @@ class StoreWriter:
         """
         row = dict(row)
         row.setdefault("status", "started")
+        self._clean("attempts", row)
         if self.journal and not self._closed:
             if os.getpid() != self._pid:
                 self._reset_after_fork()
@@ -507,6 +510,7 @@ class StoreWriter:
         if os.getpid() != self._pid:
             self._reset_after_fork()
         row.setdefault("service", self.service)
+        self._clean("attempts", row)
         if self._backlogged() or self._journal_and_queue("attempts:end", row) is None:
             self._sync_attempt(END_SQL, row, returning=False)
 
@@ -618,6 +622,7 @@ class StoreWriter:
             return
         row = dict(row)
         row.setdefault("service", self.service)
+        self._clean(table, row)
         self._enqueue(table, row)
 
     def submit_lazy(self, table: str, make_row: Callable[[], Mapping[str, Any]]) -> None:
@@ -661,6 +666,17 @@ class StoreWriter:
             self._count_locked(reason, n, error)
             if self._thread is None and not self._closed:
                 self._start_thread()
+
+    def _clean(self, table: str, row: dict[str, Any]) -> None:
+        """Fit ``row``'s values to their columns (``_values.py``), counting each one
+        that did not fit: only that value is lost, not the row."""
+        problems = clean_row(table, row, now_ms())
+        if problems:
+            with self._cond:
+                for reason, detail in problems:
+                    self._count_locked(reason, 1, detail)
+                if self._thread is None and not self._closed:
+                    self._start_thread()
 
     def _count_locked(self, reason: str, n: int, error: str | None) -> None:
         self._totals[reason] = self._totals.get(reason, 0) + n
@@ -819,6 +835,7 @@ class StoreWriter:
                         self._count_locked("unbuildable_row", 1, f"{kind}: {exc!r}"[:300])
                     continue
                 built.setdefault("service", self.service)
+                self._clean(kind, built)
                 batch.append((kind, built))
             else:
                 batch.append((kind, row))

@@ -16,6 +16,7 @@ counted and logged at a limited rate, and the call runs unchanged.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -140,6 +141,7 @@ def _compile_path(spec: ArgPath, func: Callable[..., Any]) -> Extractor:
 
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_INT_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
 
 
 def coerce_value(value: Any, *, as_int: bool = False) -> str | int | float | bool | None:
@@ -158,8 +160,15 @@ def coerce_value(value: Any, *, as_int: bool = False) -> str | int | float | boo
             if not _INT64_MIN <= value <= _INT64_MAX:
                 raise JunkValue("integer out of the 64-bit range spans and SQLite can hold")
             return value
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value.strip())
+        if isinstance(value, str):
+            # ASCII digits only: str.isdigit() also takes "²", which int() refuses, and
+            # a string of thousands of digits would be slow to convert and too big.
+            text = value.strip()
+            if len(text) <= 20 and _INT_TEXT.fullmatch(text):
+                number = int(text)
+                if _INT64_MIN <= number <= _INT64_MAX:
+                    return number
+            raise JunkValue("expected an integer, got a string that is not one SQLite can hold")
         raise JunkValue(f"expected an integer, got {type(value).__name__}")
     if isinstance(value, str):
         # Lone surrogates cannot be encoded for export or storage.

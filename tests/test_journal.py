@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from local_store import StoreWriter, open_store
-from local_store._journal import Journal, journal_files, replay_orphans
+from local_store._journal import HEADER, Journal, journal_files
+from local_store._replay import replay_orphans
 
 
 def attempt(n: int, **extra: Any) -> dict[str, Any]:
@@ -62,7 +63,9 @@ def test_outcomes_of_a_killed_process_are_replayed_not_marked_interrupted(
     # Nothing was committed; every start and every outcome is in the journal.
     assert statuses(store) == {}
     [journal] = journal_files(store)
-    assert len(journal.read_bytes().splitlines()) == 2 * 150 + 1
+    lines = journal.read_bytes().splitlines(keepends=True)
+    assert lines[0] == HEADER
+    assert len(lines) == 1 + 2 * 150 + 1
 
     w = StoreWriter(store)  # the restarted gateway
     try:
@@ -94,11 +97,12 @@ def test_a_live_writers_journal_is_left_alone_and_emptied_as_it_commits(
         assert replay_orphans(db.conn, store) == 0
         db.conn.close()
         assert statuses(store) == {}
-        assert journal.stat().st_size > 0
+        assert journal.stat().st_size > len(HEADER)
 
         assert w.flush()
         assert statuses(store) == {"d-1": "delivered"}
-        assert journal.stat().st_size == 0  # committed: nothing for a replay to redo
+        # Committed: nothing for a replay to redo, only the line that says what it is.
+        assert journal.read_bytes() == HEADER
     finally:
         w.close()
     assert journal_files(store) == []  # a clean close leaves no file
@@ -123,26 +127,31 @@ def test_without_a_journal_rows_are_committed_on_the_callers_thread(
         w.close()
 
 
-def test_replay_skips_a_torn_line_counts_a_bad_row_and_is_idempotent(tmp_path: Path) -> None:
+def test_replay_skips_a_torn_line_loses_only_a_bad_value_and_is_idempotent(
+    tmp_path: Path,
+) -> None:
     store = tmp_path / "d.db"
     db = open_store(store, create=True)
     lines = [
         ["attempts:start", attempt(1, status="started")],
         ["attempts:end", attempt(1, status="delivered", ended_at_ms=2_001)],
-        ["attempts:end", attempt(2, status="failed", attempt=2**70)],  # SQLite refuses it
+        # An attempt number SQLite cannot hold: the number is lost, not the row.
+        ["attempts:end", attempt(2, status="failed", attempt=2**70)],
         ["attempts:end", attempt(3, status="failed", final=1)],  # its start row was lost
     ]
     text = "".join(json.dumps(line) + "\n" for line in lines) + '["attempts:end", {"deliv'
-    orphan = Path(f"{store}-journal-999999-abcd")
-    orphan.write_text(text)
-    copy = Path(f"{store}-journal-999999-abce")
-    copy.write_text(text)  # the same rows twice, as after a replay cut short
+    orphan = Path(f"{store}-journal-999999-0000abcd")
+    orphan.write_bytes(HEADER + text.encode())
+    copy = Path(f"{store}-journal-999999-0000abce")
+    copy.write_bytes(HEADER + text.encode())  # the same rows twice, as after a replay cut short
 
-    assert replay_orphans(db.conn, store) == 6
+    assert replay_orphans(db.conn, store) == 8
     assert journal_files(store) == []
-    assert statuses(store) == {"d-1": "delivered", "d-3": "failed"}
-    assert db.execute("SELECT COUNT(*) FROM attempts").fetchone()[0] == 2
-    assert db.execute("SELECT count FROM drops WHERE reason = 'unwritable_row'").fetchone() == (2,)
+    assert statuses(store) == {"d-1": "delivered", "d-2": "failed", "d-3": "failed"}
+    assert db.execute("SELECT attempt FROM attempts WHERE delivery_id = 'd-2'").fetchone() == (1,)
+    assert db.execute("SELECT COUNT(*) FROM attempts").fetchone()[0] == 3
+    assert db.execute("SELECT count FROM drops WHERE reason = 'bad_value'").fetchone() == (2,)
+    assert db.execute("SELECT count FROM drops WHERE reason = 'unwritable_row'").fetchone() is None
     db.conn.close()
 
 
@@ -183,7 +192,7 @@ def test_rows_the_full_queue_drops_do_not_pin_the_journal(tmp_path: Path) -> Non
         other.execute("ROLLBACK")
         assert w.flush()
         [journal] = journal_files(w.path)
-        assert journal.stat().st_size == 0
+        assert journal.read_bytes() == HEADER
         assert w._pending_numbers == {}  # nor keep the numbers of dropped starts
     finally:
         other.close()

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from local_store._fs import make_private_dirs
+
 from .._chat_libraries import retry_after_seconds
 from .._classify import Classifier, default_classifier
 from .._propagation import carry
@@ -151,7 +153,7 @@ class DurableQueue:
         self.expire_after_seconds = expire_after_seconds
         self.classifier = classifier
         # It holds reply texts: owner-only, like the store (WAL and SHM inherit the mode).
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(self.path.parent)  # each new parent 0700, whatever the umask
         os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode = WAL")
