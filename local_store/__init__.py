@@ -7,28 +7,23 @@ read them back with the query functions here, the ``otel-delivery`` CLI, or plai
 from __future__ import annotations
 
 from ._durations import format_duration, parse_duration
+from ._failures import failures, interrupted
+from ._health import MISUSE_REASONS, HealthReport, health
 from ._prune import PruneResult, prune
-from ._queries import (
-    ATTEMPT_STATUSES,
-    DELIVERY_OUTCOMES,
-    MISUSE_REASONS,
-    SUMMARY_GROUPINGS,
-    HealthReport,
-    Summary,
-    SummaryGroup,
-    UndeliveredItem,
-    UndeliveredReport,
-    failures,
-    health,
-    interrupted,
-    summary,
-    undelivered,
-)
 from ._reading import DEFAULT_RETRY_WINDOW_SECONDS, DeliveryOutcome
 from ._readonly import readonly_query
 from ._receipts import RECEIPT_STATUSES, AttemptFinder, ReceiptRates
 from ._schema import SCHEMA_VERSION, open_store
 from ._story import TraceStory, trace_story
+from ._summary import (
+    ATTEMPT_STATUSES,
+    DELIVERY_OUTCOMES,
+    SUMMARY_GROUPINGS,
+    Summary,
+    SummaryGroup,
+    summary,
+)
+from ._undelivered import UndeliveredItem, UndeliveredReport, undelivered
 from ._writer import StoreWriter
 from .exceptions import (
     InvalidArgumentError,

@@ -24,8 +24,10 @@ from typing import Any
 import pytest
 import sqlite_utils
 
-import local_store._queries as queries
+import local_store._health
 import local_store._schema as schema
+import local_store._summary
+import local_store._undelivered
 from local_store import health, open_store, prune, summary, undelivered
 from local_store._reading import has_rollups, liveness_params
 from local_store._rescue import DEFAULT_STALE_AFTER_MS, rescue_interrupted
@@ -220,7 +222,8 @@ def _as_reference(s: Any) -> dict[str, Any]:
 def _scanning(monkeypatch: pytest.MonkeyPatch) -> Any:
     class Scan:
         def __enter__(self) -> None:
-            monkeypatch.setattr(queries, "has_rollups", lambda db: False)
+            for module in (local_store._summary, local_store._undelivered, local_store._health):
+                monkeypatch.setattr(module, "has_rollups", lambda db: False)
 
         def __exit__(self, *exc: object) -> None:
             monkeypatch.undo()

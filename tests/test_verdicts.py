@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import sqlite_utils
 
-import local_store._queries as queries
+import local_store._undelivered
 from local_store import StoreWriter, open_store, undelivered
 from local_store._verdicts import refresh_verdicts
 
@@ -57,7 +57,7 @@ def _reasons(db: sqlite_utils.Database, monkeypatch: pytest.MonkeyPatch) -> dict
     """undelivered's reasons by trace, checked against the same query scanning."""
     kept = undelivered(db, since_seconds=86400, now_ms=NOW)
     with monkeypatch.context() as m:
-        m.setattr(queries, "has_rollups", lambda db: False)
+        m.setattr(local_store._undelivered, "has_rollups", lambda db: False)
         assert undelivered(db, since_seconds=86400, now_ms=NOW) == kept
     return {i.trace_id: (i.reason, i.attempts) for i in kept.items if i.source == "ai_run"}
 
