@@ -19,7 +19,7 @@ from pathlib import Path
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from . import _rollups
+from . import _pending, _rollups
 from ._fs import NotRegularFileError, check_store_path, create_private_file, open_regular
 from ._receipts import RECEIPTS_SQL
 from ._replay import replay_orphans
@@ -80,8 +80,8 @@ def m006_reply_pending(db: sqlite_utils.Database) -> None:
     # undelivered reads only the runs whose reply no attempt has delivered yet.
     if "reply_pending" not in db["ai_runs"].columns_dict:
         db.execute("ALTER TABLE ai_runs ADD COLUMN reply_pending INTEGER NOT NULL DEFAULT 0")
-    script = [f"DROP TRIGGER IF EXISTS {name};" for name in _rollups.REPLY_PENDING_TRIGGERS]
-    script += [_rollups.REPLY_PENDING_SQL, _rollups.REPLY_PENDING_BACKFILL_SQL]
+    script = [f"DROP TRIGGER IF EXISTS {name};" for name in _pending.REPLY_PENDING_TRIGGERS]
+    script += [_pending.REPLY_PENDING_SQL, _pending.REPLY_PENDING_BACKFILL_SQL]
     _run_script(db, "\n".join(script))
 
 
@@ -89,10 +89,10 @@ def m006_reply_pending(db: sqlite_utils.Database) -> None:
 def m007_undelivered_indexes(db: sqlite_utils.Database) -> None:
     # undelivered reads its runs, attempts and failed enqueues from small covering
     # indexes, and split_deliveries tells it which deliveries span traces.
-    script = [f"DROP TRIGGER IF EXISTS {name};" for name in _rollups.SPLIT_DELIVERY_TRIGGERS]
+    script = [f"DROP TRIGGER IF EXISTS {name};" for name in _pending.SPLIT_DELIVERY_TRIGGERS]
     script += [
-        _rollups.UNSENT_INDEXES_SQL, _rollups.SPLIT_DELIVERIES_SQL,
-        _rollups.SPLIT_DELIVERIES_BACKFILL_SQL,
+        _pending.UNSENT_INDEXES_SQL, _pending.SPLIT_DELIVERIES_SQL,
+        _pending.SPLIT_DELIVERIES_BACKFILL_SQL,
     ]
     _run_script(db, "\n".join(script))
 
@@ -112,11 +112,11 @@ def m009_undelivered_verdicts(db: sqlite_utils.Database) -> None:
     # undelivered reads each pending reply's verdict, judged ahead and kept by the
     # writers (see _verdicts.py), instead of judging every trace when asked.
     have = db["ai_runs"].columns_dict
-    for column in _rollups.VERDICT_COLUMNS:
+    for column in _pending.VERDICT_COLUMNS:
         if column not in have:
             db.execute(f"ALTER TABLE ai_runs ADD COLUMN {column}")
-    script = [f"DROP TRIGGER IF EXISTS {name};" for name in _rollups.VERDICT_TRIGGERS]
-    script += [_rollups.TRACE_VERDICTS_SQL, _rollups.TRACE_VERDICTS_BACKFILL_SQL]
+    script = [f"DROP TRIGGER IF EXISTS {name};" for name in _pending.VERDICT_TRIGGERS]
+    script += [_pending.TRACE_VERDICTS_SQL, _pending.TRACE_VERDICTS_BACKFILL_SQL]
     _run_script(db, "\n".join(script))
     # In slices, so that a large store's upgrade holds a few thousand traces' rows in
     # memory at a time, not every pending trace's (182k at 10M attempts).

@@ -16,7 +16,7 @@ depends only on the trace's own rows, so it is kept:
     ``interrupted``): a reader judges those traces when asked. A run that settles
     forgets its verdict.
 ``traces_to_judge``
-    Traces whose verdict is missing or may be out of date. Triggers (``_rollups.py``)
+    Traces whose verdict is missing or may be out of date. Triggers (``_pending.py``)
     add a trace with a pending run when one of its attempts or failed enqueues is
     written, changed or deleted, when an attempt of a delivery that spans it and
     another trace changes, and when one of its runs becomes pending.
@@ -38,8 +38,8 @@ from typing import Any
 
 import sqlite_utils
 
+from ._pending import VERDICT_COLUMNS
 from ._reading import lost_enqueues, rows, sqlite_order, trace_delivery_outcomes
-from ._rollups import VERDICT_COLUMNS
 
 __all__ = [
     "UNDELIVERED_REASONS",

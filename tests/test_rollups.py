@@ -29,9 +29,10 @@ import local_store._schema as schema
 import local_store._summary
 import local_store._undelivered
 from local_store import health, open_store, prune, summary, undelivered
+from local_store._pending import VERDICT_COLUMNS
 from local_store._reading import has_rollups, liveness_params
 from local_store._rescue import DEFAULT_STALE_AFTER_MS, rescue_interrupted
-from local_store._rollups import ROLLUP_BACKFILL_SQL, VERDICT_COLUMNS
+from local_store._rollups import ROLLUP_BACKFILL_SQL
 from local_store._verdicts import judge_traces, refresh_verdicts
 
 MIN = 60_000

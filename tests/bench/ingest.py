@@ -37,7 +37,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 import otel_delivery
 from local_store import StoreWriter, open_store
-from local_store._rollups import VERDICT_TRIGGERS
+from local_store._pending import VERDICT_TRIGGERS
 from local_store._schema import connect
 from local_store._writer import TABLE_COLUMNS
 
