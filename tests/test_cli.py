@@ -317,3 +317,14 @@ def test_python_dash_m_runs_the_cli(store: Path) -> None:
 
     unhealthy = _subprocess("health", "--store", store)
     assert unhealthy.returncode == 1 and "interrupted" in unhealthy.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(), ("prune", "--older-than", "30d"), ("summary", "--no-such-flag"), ("nope",)],
+)
+def test_usage_errors_are_clicks_with_exit_status_2(store: Path, args: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(main, [*args])
+    assert result.exit_code == 2, result.output
+    assert "Usage:" in result.output
+    assert "Traceback" not in result.output
