@@ -174,6 +174,10 @@ def prune(
                 ("enqueues", "started_at_ms"),
             )
         ),
+        # Receipts: a failed one is a failure and is kept as long; the others as long
+        # as delivered attempts.
+        _Pass("receipts", "at_ms", "(x.status != 'failed' OR x.at_ms < :keep)",
+              (old - 1, _MAX_ID)),
         # A writer with an attempt still 'started' is how readers tell a crash from a
         # send in progress; it goes when that attempt does.
         _Pass(
@@ -184,7 +188,7 @@ def prune(
         ),
     ]
     deleted = dict.fromkeys(
-        ("attempts", "inbound_messages", "ai_runs", "enqueues", "writers"), 0
+        ("attempts", "inbound_messages", "ai_runs", "enqueues", "receipts", "writers"), 0
     )
     batches = 0
     (autocheckpoint,) = db.execute("PRAGMA wal_autocheckpoint").fetchone()

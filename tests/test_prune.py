@@ -95,6 +95,7 @@ def test_prune_keeps_failures_longer_than_successes(builder: StoreBuilder) -> No
     # failed_final has two attempts; the others one each.
     assert result.deleted == {
         "attempts": 1 + 2 + 1, "inbound_messages": 3, "ai_runs": 3, "enqueues": 0,
+        "receipts": 0,
         "writers": 0,
     }
     assert not result.dry_run

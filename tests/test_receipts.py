@@ -191,3 +191,30 @@ def test_a_malformed_webhook_records_nothing_and_the_handler_still_runs(
 ) -> None:
     assert wa.on_webhook(payload) == "ok"
     assert traced.rows("SELECT COUNT(*) AS n FROM receipts") == [{"n": 0}]
+
+
+def test_prune_keeps_failed_receipts_as_long_as_failures(tmp_path: Path) -> None:
+    from local_store import prune
+
+    t = make_traced(tmp_path / "d.db")
+    day = 86400
+    try:
+        old = int(time.time()) - 40 * day
+        wa.on_webhook(webhook(
+            {"id": "wamid.A", "status": "delivered", "timestamp": str(old)},
+            {"id": "wamid.B", "status": "failed", "timestamp": str(old),
+             "errors": [REENGAGEMENT]},
+            {"id": "wamid.C", "status": "read", "timestamp": str(int(time.time()))},
+        ))
+        t.flush()
+    finally:
+        t.handle.shutdown()
+    db = open_store(tmp_path / "d.db")
+    try:
+        result = prune(db, older_than_seconds=30 * day, keep_failed_for_seconds=90 * day)
+        assert result.deleted["receipts"] == 1
+        kept = [r["provider_message_id"] for r in db.query(
+            "SELECT provider_message_id FROM receipts ORDER BY id")]
+        assert kept == ["wamid.B", "wamid.C"]
+    finally:
+        db.close()
