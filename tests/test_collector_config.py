@@ -527,7 +527,8 @@ def test_span_metric_dimensions_are_emitted_and_never_per_message(
     for name in dimensions:
         assert name in emitted.attribute_names, f"{name} is not on any span"
         assert name not in per_message, f"{name} has a value per message"
-        assert len(set(map(str, emitted.values(name)))) <= 10, name
+        # a handful: the demo's kinds of error (a WhatsApp receipt's code among them)
+        assert len(set(map(str, emitted.values(name)))) <= 16, name
     assert int(_default(connector["aggregation_cardinality_limit"])) > 0
 
 
