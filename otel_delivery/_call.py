@@ -220,7 +220,10 @@ class _Plan:
                 _count(rt, "carrier_error", exc)
         if self.reply_carrier is not None:
             self._write_reply_carrier(rt, args, kwargs, new_ctx, corr)
-        return _Call(self, rt, span, token, secrets, (args, kwargs) if self.keeps_args else None)
+        call = _Call(self, rt, span, token, secrets, (args, kwargs) if self.keeps_args else None)
+        if self.kind is _DELIVER and isinstance(carrier, MutableMapping):
+            call.carrier = carrier
+        return call
 
     def _carrier(
         self, rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -265,7 +268,7 @@ class _Plan:
 class _Call:
     """One decorated call in flight."""
 
-    __slots__ = ("call_args", "plan", "rt", "secrets", "span", "token")
+    __slots__ = ("call_args", "carrier", "plan", "rt", "secrets", "span", "token")
 
     def __init__(
         self,
@@ -282,6 +285,7 @@ class _Call:
         self.token = token
         self.secrets = secrets
         self.call_args = call_args  # kept only to find the body when a call fails
+        self.carrier: MutableMapping[str, Any] | None = None  # a deliver's, to settle
 
     def succeeded(self, result: Any) -> None:
         try:
@@ -292,6 +296,10 @@ class _Call:
                 self.span.set_attribute(A.OUTCOME, "delivered")
                 self.span.set_attribute(A.FINAL, True)
                 self._record_message_id(result)
+                if self.carrier is not None:
+                    # Delivered: no retry follows, so the next send given this carrier
+                    # (a second reply to the same message) is a delivery of its own.
+                    self.carrier.pop(A.CARRIER_DELIVERY_ID, None)
             elif kind is _ENQUEUE:
                 self.span.set_attribute(A.OUTCOME, "ok")
             elif kind is _AI_RUN:

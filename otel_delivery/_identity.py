@@ -7,7 +7,8 @@ numbered 1..k. The rule, in order:
 2. else, with a ``carrier=``: the first attempt writes a new delivery key into the
    carrier (``otel-delivery-delivery-id``) before it sends, and every later attempt
    given that carrier (the same dict, or a copy saved after the first attempt) joins
-   the same delivery;
+   the same delivery, until one delivers (the key is then taken out of the carrier, so
+   the next reply sent with it is a new delivery);
 3. else, attempts under the same parent span (the run, or the inbound handler) to the
    same channel and recipient are one delivery: a hash of those four;
 4. else (no trace context at all) the attempt is a delivery of its own, counted as

@@ -439,3 +439,28 @@ def test_summary_totals_are_the_same_whatever_the_grouping(traced: Traced) -> No
         db.close()
     assert (s.total.deliveries["delivered"], s.total.deliveries["abandoned"]) == (2, 1)
 
+
+
+def test_a_carrier_shared_by_two_replies_gives_two_deliveries(traced: Traced) -> None:
+    meta: dict[str, str] = {}  # the inbound message's own metadata, used for every reply
+    calls = {"n": 0}
+
+    @otel_delivery.deliver(channel="telegram", recipient=arg("chat"), carrier=arg("meta"))
+    def send(chat: int, text: str, meta: dict[str, str]) -> dict[str, int]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise SendError("502 Bad Gateway")
+        return {"message_id": calls["n"]}
+
+    for text in ("thinking…", "the answer"):
+        for _ in range(2):
+            try:
+                send(7, text, meta)
+                break
+            except SendError:
+                continue
+    rows = traced.rows("SELECT delivery_id, attempt, status FROM attempts ORDER BY id")
+    assert [(r["attempt"], r["status"]) for r in rows] == [
+        (1, "failed"), (2, "delivered"), (1, "delivered"),
+    ]
+    assert rows[0]["delivery_id"] == rows[1]["delivery_id"] != rows[2]["delivery_id"]
