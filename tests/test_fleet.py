@@ -249,10 +249,6 @@ def fleet_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetRun]:
             yield FleetRun(traffic, jaeger, collector, metrics, telemetry)
 
 
-def _jaeger_trace_ids(run: FleetRun, tags: dict[str, str]) -> set[str]:
-    return {t["traceID"] for t in run.jaeger.traces(run.traffic.service, tags)}
-
-
 def test_every_failure_trace_is_found_by_the_documented_searches_with_all_its_spans(
     fleet_run: FleetRun,
 ) -> None:
@@ -281,7 +277,14 @@ def test_every_failure_trace_is_found_by_the_documented_searches_with_all_its_sp
                 interval=1.0)
     assert not gaps
 
-    # The README's searches: service plus tags.
+    # The README's searches: service plus tags. Each key searched is recorded, so the
+    # TraceQL examples can be held to exactly these attribute names below.
+    searched: set[str] = set()
+
+    def _jaeger_trace_ids(run: FleetRun, tags: dict[str, str]) -> set[str]:
+        searched.update(tags)
+        return {t["traceID"] for t in run.jaeger.traces(run.traffic.service, tags)}
+
     failed = _jaeger_trace_ids(run, {"otel_delivery.outcome": "failed"})
     interrupted = _jaeger_trace_ids(run, {"otel_delivery.outcome": "interrupted"})
     deliver_failed = _jaeger_trace_ids(
@@ -313,9 +316,28 @@ def test_every_failure_trace_is_found_by_the_documented_searches_with_all_its_sp
                                       "otel_delivery.outcome": "failed",
                                       "otel_delivery.channel": channel})
         assert got == want, channel
-    # One inbound message's story, by its id.
+    # One inbound message's story, by its id; a conversation's failures.
     some = sorted(i for i, s in traffic.stories.items() if s == "abandoned")[0]
     assert _jaeger_trace_ids(run, {"otel_delivery.inbound_id": some}) == {trace_of[some]}
+    chat_3 = {trace_of[f"e2e-{i}"] for i in range(E2E_MESSAGES) if i % 7 == 3}
+    got = _jaeger_trace_ids(run, {"otel_delivery.conversation": "chat-3"})
+    assert failures & chat_3 <= got <= chat_3
+    # By error type and failure class.
+    assert _jaeger_trace_ids(run, {"error.type": "TimeoutError"}) == by_story["abandoned"]
+    assert _jaeger_trace_ids(run, {"otel_delivery.kind": "deliver",
+                                   "otel_delivery.failure_class": "permanent"}) == by_story[
+        "failed_final"]
+    # Every run here produced a reply, so every kept trace has one.
+    assert failures <= _jaeger_trace_ids(run, {"otel_delivery.reply_produced": "true"})
+
+    # The TraceQL examples (collector-config/README.md, docs/fleet.md) use exactly
+    # attribute names that these searches proved in Jaeger.
+    traceql = "\n".join(
+        block for doc in (CONFIG_DIR / "README.md", CONFIG_DIR.parent / "docs" / "fleet.md")
+        if doc.exists()
+        for block in re.findall(r"```traceql\n(.*?)```", doc.read_text(), re.DOTALL))
+    named = set(re.findall(r"\bspan\.([a-zA-Z_][\w.]*)", traceql))
+    assert named and named <= searched, named - searched
 
     # Every attempt of every failure trace, and each exported once: by the failure
     # bypass or by the sampled path, never both.
