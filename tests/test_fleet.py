@@ -246,6 +246,24 @@ def fleet_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetRun]:
                 and metric_sum(t, "otelcol_exporter_sent_spans",
                                exporter="otlp_grpc/jaeger") > 0,
                 timeout_seconds=60, what="a sampling decision for every trace")
+            # Then everything decided is exported (the count stops moving, queues empty),
+            # and Jaeger holds every span the collector sent it.
+            def exported() -> tuple[float, float]:
+                t = collector.telemetry()
+                return (metric_sum(t, "otelcol_exporter_sent_spans", exporter="otlp_grpc/jaeger"),
+                        metric_sum(t, "otelcol_exporter_queue_size"))
+
+            last: list[tuple[float, float]] = []
+
+            def steady(value: tuple[float, float]) -> bool:
+                last.append(value)
+                return len(last) >= 4 and len(set(last[-4:])) == 1 and value[1] == 0
+
+            sent, _ = poll(exported, steady, timeout_seconds=60, interval=0.5,
+                           what="the exporters to finish")
+            poll(lambda: sum(len(t["spans"]) for t in jaeger.traces(traffic.service)),
+                 lambda n: n == sent, timeout_seconds=30, what="Jaeger to hold every span")
+            telemetry = collector.telemetry()
             yield FleetRun(traffic, jaeger, collector, metrics, telemetry)
 
 
@@ -498,6 +516,7 @@ def test_a_failure_after_a_not_sampled_decision_still_reaches_jaeger(tmp_path: P
                     run()
 
                 receive()
+                received_at = time.monotonic()
                 assert handle.force_flush(timeout_seconds=10)
                 conn = sqlite3.connect(tmp_path / "d.db")
                 ((trace_id,),) = conn.execute("SELECT trace_id FROM inbound_messages").fetchall()
@@ -509,7 +528,6 @@ def test_a_failure_after_a_not_sampled_decision_still_reaches_jaeger(tmp_path: P
                      and metric_sum(t, "otelcol_processor_tail_sampling_sampling_traces_on_"
                                     "memory") >= 1,
                      timeout_seconds=30, what="the not-sampled decision")
-                decided_at = time.monotonic()
 
                 # Later, from the queue: the first attempt and its retry both fail.
                 @otel_delivery.deliver(channel="telegram", delivery_id="dlv-late",
@@ -521,6 +539,8 @@ def test_a_failure_after_a_not_sampled_decision_still_reaches_jaeger(tmp_path: P
                 for attempt in (1, 2):
                     with pytest.raises(ConnectionError):
                         send(queued["trace"], attempt)
+                late_by = time.monotonic() - received_at
+                assert late_by > 2.0  # after decision_wait
                 assert handle.force_flush(timeout_seconds=10)
             finally:
                 handle.shutdown()
@@ -538,8 +558,8 @@ def test_a_failure_after_a_not_sampled_decision_still_reaches_jaeger(tmp_path: P
     # sampled" (one observation per arriving batch): without the bypass they were lost.
     late = metric_sum(telemetry, "otelcol_processor_tail_sampling_sampling_late_span_age_count")
     assert late >= 1, late
-    print(f"\nfleet late failure: trace decided not sampled; 2 failed attempts sent "
-          f"{time.monotonic() - decided_at:.1f} s after the decision, {int(late)} late "
+    print(f"\nfleet late failure: trace decided not sampled; 2 failed attempts "
+          f"{late_by:.1f} s after the inbound (decision_wait 2 s), {int(late)} late "
           f"arrival(s) seen by tail sampling; in Jaeger: {len(found['spans'])}/2 failed "
           f"attempts, 0/3 healthy spans")
 
@@ -589,8 +609,8 @@ def test_spans_sent_during_a_restart_are_counted_and_never_block(
                 handle.force_flush(timeout_seconds=1)  # fails: nothing listens
                 poll(handle.stats, lambda st: st.get("otlp_export_failed", 0) > 0,
                      timeout_seconds=30, what="the gateway giving up on a batch")
-                downtime = time.monotonic() - down_at
                 collector.start()  # same ports, fresh counters
+                downtime = time.monotonic() - down_at
                 burst(100, 40)
                 assert handle.force_flush(timeout_seconds=30)
                 stats = handle.stats()
