@@ -227,7 +227,7 @@ def test_component_names_are_the_pinned_releases(config: dict[str, Any]) -> None
     assert exporters <= {"otlp_grpc", "otlp_http", "prometheus"}
     assert connectors == {"span_metrics", "forward"}
     assert {_component_kind(n) for n in config["processors"]} == {
-        "memory_limiter", "batch", "tail_sampling",
+        "memory_limiter", "batch", "tail_sampling", "filter",
     }
     assert set(config["receivers"]) == {"otlp"}
     assert set(config["extensions"]) == {"health_check"}
@@ -257,23 +257,74 @@ def test_each_connector_joins_two_pipelines(config: dict[str, Any]) -> None:
         assert exported_by and received_by, name
 
 
-def test_memory_limiter_first_and_batch_in_every_pipeline(config: dict[str, Any]) -> None:
-    for name, pipeline in config["service"]["pipelines"].items():
-        processors = pipeline["processors"]
-        assert _component_kind(processors[0]) == "memory_limiter", name
-        assert any(_component_kind(p) == "batch" for p in processors), name
+def test_memory_limiter_first_at_the_entrance_and_no_batch_before_sampling(
+    config: dict[str, Any],
+) -> None:
+    pipelines = config["service"]["pipelines"]
+    for name, pipeline in pipelines.items():
+        processors = [_component_kind(p) for p in pipeline.get("processors", [])]
+        if "otlp" in pipeline["receivers"]:
+            # Refused at the door, before the fan-out: a retry duplicates nothing.
+            assert processors == ["memory_limiter"], name
+        else:
+            assert "memory_limiter" not in processors, name
+        if "tail_sampling" in processors:
+            # Tail sampling regroups by trace: a batch before it only adds delay.
+            assert "batch" not in processors[: processors.index("tail_sampling")], name
+        if any(_component_kind(e) == "otlp_grpc" for e in pipeline["exporters"]):
+            assert processors[-1] == "batch", name
+
+
+def _connector_kind(name: str) -> str:
+    return _component_kind(name)
 
 
 def test_span_metrics_are_computed_before_sampling(config: dict[str, Any]) -> None:
     pipelines = config["service"]["pipelines"]
     (ingest,) = [p for p in pipelines.values() if "otlp" in p["receivers"]]
     assert not any(_component_kind(p) == "tail_sampling" for p in ingest["processors"])
-    assert set(ingest["exporters"]) == {"span_metrics", "forward"}
-    (sampled,) = [p for p in pipelines.values() if "forward" in p["receivers"]]
-    assert "tail_sampling" in sampled["processors"]
+    assert {_connector_kind(e) for e in ingest["exporters"]} == {"span_metrics", "forward"}
+    (sampled,) = [p for p in pipelines.values()
+                  if "tail_sampling" in p.get("processors", [])]
+    assert sampled["receivers"][0] in ingest["exporters"]
     assert {_component_kind(e) for e in sampled["exporters"]} == {"otlp_grpc"}
     (metrics,) = [p for p in pipelines.values() if "span_metrics" in p["receivers"]]
     assert metrics["exporters"] == ["prometheus"]
+
+
+_EVIDENCE_CONDITION = re.compile(r"\s+")
+
+
+def _filter_condition(config: dict[str, Any], name: str) -> str:
+    (condition,) = config["processors"][name]["traces"]["span"]
+    return _EVIDENCE_CONDITION.sub(" ", condition).strip()
+
+
+def test_failure_evidence_goes_around_sampling_exactly_once(config: dict[str, Any]) -> None:
+    """A late failure must not follow a buffered "not sampled" decision (issue 16): the
+    failures pipeline takes every span from the entrance, keeps only failure evidence and
+    exports it; the sampled pipeline drops that same evidence after tail sampling."""
+    pipelines = config["service"]["pipelines"]
+    (ingest,) = [p for p in pipelines.values() if "otlp" in p["receivers"]]
+    (failures,) = [p for p in pipelines.values()
+                   if "filter/failure_evidence_only" in p.get("processors", [])]
+    (sampled,) = [p for p in pipelines.values()
+                  if "tail_sampling" in p.get("processors", [])]
+    assert failures["receivers"][0] in ingest["exporters"]
+    assert "tail_sampling" not in failures["processors"]
+    assert failures["processors"][0] == "filter/failure_evidence_only"
+    assert failures["exporters"] == sampled["exporters"]
+    after = sampled["processors"][sampled["processors"].index("tail_sampling") + 1:]
+    assert "filter/without_failure_evidence" in after
+    # The two filters are one predicate and its negation (each drops what matches).
+    keep_only = _filter_condition(config, "filter/failure_evidence_only")
+    without = _filter_condition(config, "filter/without_failure_evidence")
+    assert keep_only == f"not ({without})"
+    for needle in ('attributes["otel_delivery.outcome"] == "failed"',
+                   'attributes["otel_delivery.outcome"] == "interrupted"',
+                   "status.code == STATUS_CODE_ERROR",
+                   'attributes["otel_delivery.attempt"] >= 2'):
+        assert needle in without, needle
 
 
 def test_receivers_listen_on_the_standard_otlp_ports(config: dict[str, Any]) -> None:
@@ -610,7 +661,7 @@ def test_prometheus_scrapes_the_ports_the_collector_serves(
     metrics_port = _host_port(_default(config["exporters"]["prometheus"]["endpoint"]))[1]
     reader = config["service"]["telemetry"]["metrics"]["readers"][0]["pull"]["exporter"]
     assert targets == {f"otel-collector:{metrics_port}",
-                       f"otel-collector:{reader['prometheus']['port']}"}
+                       f"otel-collector:{_default(reader['prometheus']['port'])}"}
     mounted = compose["services"]["prometheus"]["volumes"][0].split(":")[1]
     assert f"--config.file={mounted}" in compose["services"]["prometheus"]["command"]
 
