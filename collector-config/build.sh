@@ -67,6 +67,14 @@ build() {
         return
     fi
     local started=$SECONDS
+    # Fetch the pinned modules first, with two retries: a passing network hiccup
+    # should not fail a CI run.
+    local try
+    for try in 1 2 3; do
+        (cd "$here/$dir" && go mod download) && break
+        [[ $try == 3 ]] && { echo "build.sh: could not download $name's modules" >&2; exit 1; }
+        sleep $((try * 10))
+    done
     (cd "$here/$dir" && go build -ldflags "-s -w -buildid= $*" -o "$bin/$name.tmp" "$pkg")
     mv -f "$bin/$name.tmp" "$bin/$name"
     echo "$want" > "$bin/$name.stamp"
