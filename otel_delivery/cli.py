@@ -27,6 +27,7 @@ from local_store import (
     open_store,
     parse_duration,
 )
+from local_store._terminal import json_safe, visible
 
 from ._paths import STORE_ENV, resolve_store_path
 
@@ -42,13 +43,15 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except StoreError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(visible(str(exc))) from None
         except sqlite3.Error as exc:
-            raise click.ClickException(f"SQLite: {exc}") from None
+            raise click.ClickException(visible(f"SQLite: {exc}")) from None
         except BrokenPipeError:
             raise  # output piped into `head`: click exits quietly
         except OSError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(visible(str(exc))) from None
+        except OverflowError as exc:  # a number past what SQLite holds, however it came
+            raise click.ClickException(f"a number is out of range ({exc})") from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -115,7 +118,8 @@ def _json_default(value: object) -> object:
 
 
 def _print_json(data: object) -> None:
-    click.echo(json.dumps(data, indent=2, default=_json_default))
+    # Infinity and NaN are not JSON: written as strings (see local_store._terminal).
+    click.echo(json.dumps(json_safe(data), indent=2, default=_json_default, allow_nan=False))
 
 
 def _when(ms: int | None) -> str:
@@ -127,7 +131,7 @@ def _when(ms: int | None) -> str:
 def _cell(value: object, width: int = 60) -> str:
     if value is None:
         return "-"
-    text = " ".join(str(value).split())
+    text = visible(" ".join(str(value).split()))  # stored text may hold escapes
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -139,7 +143,7 @@ def _table(
         all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) and bool(rows)
         for i in range(len(headers))
     ]
-    cells = [list(headers)] + [[_cell(v, width) for v in r] for r in rows]
+    cells = [[visible(str(h)) for h in headers]] + [[_cell(v, width) for v in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = [
         "  ".join(
@@ -279,7 +283,7 @@ def trace(
     if as_json:
         _print_json(story.to_dict())
         return
-    click.echo(f"trace {', '.join(story.trace_ids)}")
+    click.echo(visible(f"trace {', '.join(story.trace_ids)}"))
     click.echo(_table(
         ["at", "step", "status", "detail"],
         [[_when(e["at_ms"]), e["kind"], e["status"], e["detail"]] for e in story.timeline],
@@ -295,7 +299,7 @@ def trace(
                 for d in story.deliveries
             ],
         ))
-    click.echo(f"\nverdict: {story.verdict}")
+    click.echo(f"\nverdict: {visible(str(story.verdict))}")
 
 
 @main.command(short_help="Replies produced but never delivered, and why.")
@@ -467,10 +471,10 @@ def health(
     if as_json:
         _print_json(report.to_dict())
     elif report.ok:
-        click.echo(f"healthy: {report.headline()}")
+        click.echo(visible(f"healthy: {report.headline()}"))
     else:
         for reason in report.reasons:
-            click.echo(reason)
+            click.echo(visible(reason))
     if not report.ok:
         raise SystemExit(1)
 
