@@ -31,6 +31,7 @@ from ._writer import StoreWriter
 from .exceptions import (
     InvalidArgumentError,
     NotFoundError,
+    QueryLimitError,
     QueryRefusedError,
     StoreCorruptError,
     StoreError,
@@ -49,6 +50,7 @@ __all__ = [
     "InvalidArgumentError",
     "NotFoundError",
     "PruneResult",
+    "QueryLimitError",
     "QueryRefusedError",
     "StoreCorruptError",
     "StoreError",

@@ -482,9 +482,15 @@ def health(
 @main.command(short_help="Run one read-only SQL statement.")
 @click.argument("sql")
 @click.option("--param", "-p", "params", multiple=True, help="A value for each ? in SQL.")
+@_duration_option("--timeout", default="30s", show_default=True,
+                  help="Stop the statement after this long.")
 @_store_and_json
-def query(store: str | None, as_json: bool, sql: str, params: tuple[str, ...]) -> None:
-    """Run one read-only SQL statement. Writes, ATTACH and PRAGMA are refused.
+def query(
+    store: str | None, as_json: bool, sql: str, params: tuple[str, ...], timeout: str
+) -> None:
+    """Run one read-only SQL statement. Writes, ATTACH, PRAGMA and functions other
+    than SQLite's core, date, JSON and math ones are refused; a statement is stopped
+    at --timeout, or when its result passes 256 MB.
 
     Tables: attempts, inbound_messages, ai_runs, enqueues, writers, drops; views
     with readable times: v_attempts, v_failures, v_deliveries, v_undelivered,
@@ -495,7 +501,9 @@ def query(store: str | None, as_json: bool, sql: str, params: tuple[str, ...]) -
     Example:
       otel-delivery query "SELECT channel, COUNT(*) FROM v_failures GROUP BY channel"
     """
-    columns, found = local_store.readonly_query(resolve_store_path(store), sql, params)
+    columns, found = local_store.readonly_query(
+        resolve_store_path(store), sql, params, timeout_seconds=_seconds("--timeout", timeout)
+    )
     if as_json:
         _print_json({"columns": columns, "rows": found})
         return
