@@ -28,6 +28,7 @@ from ._writer import StoreWriter
 from .exceptions import (
     InvalidArgumentError,
     NotFoundError,
+    QueryLimitError,
     QueryRefusedError,
     StoreCorruptError,
     StoreError,
@@ -50,6 +51,7 @@ __all__ = [
     "InvalidArgumentError",
     "NotFoundError",
     "PruneResult",
+    "QueryLimitError",
     "QueryRefusedError",
     "ReceiptRates",
     "StoreCorruptError",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 
+from ._arguments import MAX_SECONDS
 from .exceptions import InvalidArgumentError
 
 __all__ = ["format_duration", "parse_duration"]
@@ -27,8 +28,8 @@ def parse_duration(text: str) -> float:
     if match is None:
         raise InvalidArgumentError(f"invalid duration {text!r}: {_ACCEPTED}")
     seconds = float(match["number"]) * _UNIT_SECONDS[match["unit"] or "s"]
-    if not math.isfinite(seconds):
-        raise InvalidArgumentError(f"invalid duration {text!r}: too large")
+    if not math.isfinite(seconds) or seconds > MAX_SECONDS:
+        raise InvalidArgumentError(f"invalid duration {text!r}: too large (at most 10000w)")
     return seconds
 
 

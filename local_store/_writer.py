@@ -47,6 +47,7 @@ queued and are retried, so a fault that clears within the queue bound loses noth
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -57,10 +58,11 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import sqlite_utils
 
+from ._forkgate import GATE
 from ._journal import Journal
 from ._ratelimit import RateLimitedLog
 from ._replay import replay_orphans
@@ -175,6 +177,21 @@ _writers: weakref.WeakSet[StoreWriter] = weakref.WeakSet()
 _abandoned_connections: list[sqlite3.Connection] = []
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _gated(method: _F) -> _F:
+    """Run ``method`` inside the fork gate (``_forkgate.py``): it calls SQLite. Taken
+    after any of our locks, never before one, so a fork never waits on a lock."""
+
+    @functools.wraps(method)
+    def inside(*args: Any, **kwargs: Any) -> Any:
+        with GATE:
+            return method(*args, **kwargs)
+
+    return cast(_F, inside)
+
+
 def _after_fork_in_child() -> None:
     for writer in list(_writers):
         writer._reset_after_fork()
@@ -278,11 +295,13 @@ class StoreWriter:
             if conn is not None:
                 _abandoned_connections.append(conn)
         self._journal.forget_after_fork()
+        self._log = RateLimitedLog(_log)  # its lock may have been held by a parent's thread
         # The parent writes what it had queued; the child starts empty.
         self._init_process_state()
 
     # -- connections ---------------------------------------------------------------
 
+    @_gated
     def _open(
         self, timeout_seconds: float, *, upgrade: bool = True
     ) -> tuple[sqlite3.Connection, tuple[int, int]]:
@@ -373,6 +392,7 @@ class StoreWriter:
         conn, self._hot_conn = self._hot_conn, None
         self._release(conn, self._hot_identity)
 
+    @_gated
     def _release(self, conn: sqlite3.Connection | None, identity: tuple[int, int] | None) -> None:
         """Close ``conn``, unless its file is no longer at our path (see above)."""
         if conn is None:
@@ -449,6 +469,7 @@ class StoreWriter:
                 self._pending_numbers[tracked] = before
         return queued is not None
 
+    @_gated
     def _next_number(self, delivery_id: str) -> int | None:
         """One more than the delivery's highest attempt, committed or pending here."""
         # Pending first: a row committed (and forgotten here) between the two reads is
@@ -563,6 +584,7 @@ class StoreWriter:
                 # than pay it every call. A batch that merely ran long defers one row.
                 self._hot_open_until = time.monotonic() + self.hot_path_cooldown_seconds
             return False, None
+        GATE.__enter__()
         try:
             conn = self._hot_connection()
             if conn is None:
@@ -599,6 +621,7 @@ class StoreWriter:
                         pass
             return True, int(result[0]) if result is not None else row.get("attempt")
         finally:
+            GATE.__exit__(None, None, None)
             self._lock.release()
             if self._hot_commits >= _CHECKPOINT_EVERY_COMMITS:
                 self._wake_background()
@@ -865,14 +888,16 @@ class StoreWriter:
             if conn is None:
                 return
             # PASSIVE copies what it can without waiting for readers or writers...
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            with GATE:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             # ...but SQLite starts the WAL over only if no frame is left when the next
             # write begins, and this process's writes race the copy. Copy the few
             # written meanwhile with our writes held off (fsync here takes well under
             # a millisecond), or the WAL file would grow for as long as traffic lasts.
             if self._lock.acquire(timeout=self.hot_path_timeout_seconds):
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    with GATE:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 finally:
                     self._lock.release()
         except Exception as exc:
@@ -889,7 +914,7 @@ class StoreWriter:
             conn = self._bg_connection()
             if conn is None:
                 return
-            with self._lock:
+            with self._lock, GATE:
                 replay_orphans(conn, self.path)
         except Exception as exc:
             self._log.warning("replay", "otel-delivery could not replay journals of %s (%s)",
@@ -912,7 +937,8 @@ class StoreWriter:
             if conn is None:
                 self._judging_wanted = True
                 return
-            db = sqlite_utils.Database(conn, execute_plugins=False)
+            with GATE:
+                db = sqlite_utils.Database(conn, execute_plugins=False)
             while True:
                 taken = self._judge_some(conn, db)
                 if taken is None or (taken == _JUDGE_BATCH and time.monotonic() >= turn_ends):
@@ -930,9 +956,10 @@ class StoreWriter:
         """One transaction of :meth:`_maybe_judge`: how many traces it judged (0 when
         none waits, looked at without the write lock), or None when another process is
         writing."""
-        if conn.execute("SELECT 1 FROM traces_to_judge LIMIT 1").fetchone() is None:
-            return 0
-        with self._lock:
+        with GATE:
+            if conn.execute("SELECT 1 FROM traces_to_judge LIMIT 1").fetchone() is None:
+                return 0
+        with self._lock, GATE:
             self._bg_lock_since = time.monotonic()
             try:
                 try:
@@ -954,6 +981,7 @@ class StoreWriter:
                 self._bg_commits += 1
         return taken
 
+    @_gated
     def _write_batch(
         self,
         batch: list[tuple[str, dict[str, Any]]],
@@ -1037,6 +1065,7 @@ class StoreWriter:
             finally:
                 self._bg_lock_since = 0.0
 
+    @_gated
     def _open_bg(self) -> sqlite3.Connection:
         # Opening (and migrating) may wait up to 5 s; later writes wait in short tries.
         conn, self._bg_identity = self._open(5.0)
@@ -1098,7 +1127,7 @@ class StoreWriter:
                 "in its journal for the next writer to replay", journaled, self.path,
             )
         self._journal.close(keep_rows=True)
-        with self._lock:
+        with self._lock, GATE:
             conn = self._hot_conn
             if self._file_replaced(self._hot_identity):
                 conn = None  # never mark rows in a file that is no longer the store

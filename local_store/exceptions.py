@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "InvalidArgumentError",
     "NotFoundError",
+    "QueryLimitError",
     "QueryRefusedError",
     "StoreCorruptError",
     "StoreError",
@@ -50,6 +51,10 @@ class InvalidArgumentError(StoreError, ValueError):
 
 class QueryRefusedError(StoreError, ValueError):
     """Read-only ``query`` was given SQL that would write, attach or change pragmas."""
+
+
+class QueryLimitError(StoreError):
+    """Read-only ``query`` ran past its time limit, or its result past its size limit."""
 
 
 class NotFoundError(StoreError, LookupError):

@@ -28,6 +28,7 @@ from local_store import (
     open_store,
     parse_duration,
 )
+from local_store._terminal import json_safe, visible
 
 from ._paths import STORE_ENV, resolve_store_path
 
@@ -47,15 +48,17 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except InvalidArgumentError as exc:
-            raise click.ClickException(self._in_flags(str(exc))) from None
+            raise click.ClickException(visible(self._in_flags(str(exc)))) from None
         except StoreError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(visible(str(exc))) from None
         except sqlite3.Error as exc:
-            raise click.ClickException(f"SQLite: {exc}") from None
+            raise click.ClickException(visible(f"SQLite: {exc}")) from None
         except BrokenPipeError:
             raise  # output piped into `head`: click exits quietly
         except OSError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(visible(str(exc))) from None
+        except OverflowError as exc:  # a number past what SQLite holds, however it came
+            raise click.ClickException(f"a number is out of range ({exc})") from None
 
     def _in_flags(self, message: str) -> str:
         """A library message starts with the Python parameter it is about
@@ -155,7 +158,8 @@ def _json_default(value: object) -> object:
 
 
 def _print_json(data: object) -> None:
-    click.echo(json.dumps(data, indent=2, default=_json_default))
+    # Infinity and NaN are not JSON: written as strings (see local_store._terminal).
+    click.echo(json.dumps(json_safe(data), indent=2, default=_json_default, allow_nan=False))
 
 
 def _when(ms: int | None) -> str:
@@ -167,7 +171,7 @@ def _when(ms: int | None) -> str:
 def _cell(value: object, width: int = 60) -> str:
     if value is None:
         return "-"
-    text = " ".join(str(value).split())
+    text = visible(" ".join(str(value).split()))  # stored text may hold escapes
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -179,7 +183,7 @@ def _table(
         all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) and bool(rows)
         for i in range(len(headers))
     ]
-    cells = [list(headers)] + [[_cell(v, width) for v in r] for r in rows]
+    cells = [[visible(str(h)) for h in headers]] + [[_cell(v, width) for v in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = [
         "  ".join(
@@ -366,7 +370,7 @@ def trace(
     if as_json:
         _print_json(story.to_dict())
         return
-    click.echo(f"trace {', '.join(story.trace_ids)}")
+    click.echo(visible(f"trace {', '.join(story.trace_ids)}"))
     click.echo(_table(
         ["at", "step", "status", "detail"],
         [[_when(e["at_ms"]), e["kind"], e["status"], e["detail"]] for e in story.timeline],
@@ -383,7 +387,7 @@ def trace(
                 for d in story.deliveries
             ],
         ))
-    click.echo(f"\nverdict: {story.verdict}")
+    click.echo(f"\nverdict: {visible(str(story.verdict))}")
 
 
 @main.command(short_help="Replies produced but never delivered, and why.")
@@ -588,10 +592,10 @@ def health(
     if as_json:
         _print_json(report.to_dict())
     elif report.ok:
-        click.echo(f"healthy: {report.headline()}")
+        click.echo(visible(f"healthy: {report.headline()}"))
     else:
         for reason in report.reasons:
-            click.echo(reason)
+            click.echo(visible(reason))
     if not as_json and report.undelivered_in_grace:
         click.echo(
             f"({_plural(report.undelivered_in_grace, 'reply', 'replies')} younger than the "
@@ -604,9 +608,15 @@ def health(
 @main.command(short_help="Run one read-only SQL statement.")
 @click.argument("sql")
 @click.option("--param", "-p", "params", multiple=True, help="A value for each ? in SQL.")
+@_duration_option("--timeout", default="30s", show_default=True,
+                  help="Stop the statement after this long.")
 @_store_and_json
-def query(store: str | None, as_json: bool, sql: str, params: tuple[str, ...]) -> None:
-    """Run one read-only SQL statement. Writes, ATTACH and PRAGMA are refused.
+def query(
+    store: str | None, as_json: bool, sql: str, params: tuple[str, ...], timeout: str
+) -> None:
+    """Run one read-only SQL statement. Writes, ATTACH, PRAGMA and functions other
+    than SQLite's core, date, JSON and math ones are refused; a statement is stopped
+    at --timeout, or when its result passes 256 MB.
 
     Tables: attempts, inbound_messages, ai_runs, enqueues, writers, drops; views
     with readable times: v_attempts, v_failures, v_deliveries, v_undelivered,
@@ -617,7 +627,9 @@ def query(store: str | None, as_json: bool, sql: str, params: tuple[str, ...]) -
     Example:
       otel-delivery query "SELECT channel, COUNT(*) FROM v_failures GROUP BY channel"
     """
-    columns, found = local_store.readonly_query(resolve_store_path(store), sql, params)
+    columns, found = local_store.readonly_query(
+        resolve_store_path(store), sql, params, timeout_seconds=_seconds("--timeout", timeout)
+    )
     if as_json:
         _print_json({"columns": columns, "rows": found})
         return

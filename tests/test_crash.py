@@ -147,10 +147,15 @@ def test_a_row_sqlite_cannot_bind_is_dropped_and_counted_not_retried_forever(
 ) -> None:
     writer = StoreWriter(tmp_path / "d.db")
     try:
-        poison = {"delivery_id": "bad", "attempt": 2**70, "trace_id": "t" * 32,
+        # A value that fits no column loses only itself (bad_value); a row without a
+        # value its table requires cannot be written at all (unwritable_row).
+        odd = {"delivery_id": "odd", "attempt": 2**70, "trace_id": "t" * 32,
+               "span_id": "c" * 16, "status": "delivered", "started_at_ms": 1}
+        poison = {"delivery_id": "bad", "attempt": 1, "trace_id": None,
                   "span_id": "b" * 16, "status": "delivered", "started_at_ms": 1}
         good = {"delivery_id": "good", "attempt": 1, "trace_id": "t" * 32,
                 "span_id": "a" * 16, "status": "delivered", "started_at_ms": 2}
+        writer.end_attempt(odd)
         writer.end_attempt(poison)  # on the hot path
         writer.submit("ai_runs", {"trace_id": "t", "span_id": "s", "status": "ok",
                                   "started_at_ms": 2**80})  # in a batch
@@ -159,8 +164,10 @@ def test_a_row_sqlite_cannot_bind_is_dropped_and_counted_not_retried_forever(
         writer.end_attempt(good)
         assert writer.flush(timeout_seconds=5)
         assert writer.stats()["unwritable_row"] == 2
+        assert writer.stats()["bad_value"] == 2
         conn = sqlite3.connect(tmp_path / "d.db")
-        assert conn.execute("SELECT delivery_id FROM attempts").fetchall() == [("good",)]
+        assert conn.execute("SELECT delivery_id, attempt FROM attempts ORDER BY 1").fetchall(
+        ) == [("good", 1), ("odd", 1)]
         assert conn.execute("SELECT span_id FROM ai_runs").fetchall() == [("s2",)]
         assert conn.execute(
             "SELECT count FROM drops WHERE reason = 'unwritable_row'"
