@@ -2,81 +2,48 @@
 
 Every command is thin: resolve the store path, open it, call one ``local_store``
 function, print. Library errors become one ``Error: ...`` line and a non-zero exit
-(see :class:`_Group`), so a command added later gets the same treatment for free.
+(see :class:`~otel_delivery._cli_support.CliGroup`), so a command added later gets the
+same treatment for free.
 """
 
 from __future__ import annotations
 
-import json
-import re
-import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import click
-import sqlite_utils
 
 import local_store
 from local_store import (
     ATTEMPT_STATUSES,
     DELIVERY_OUTCOMES,
     InvalidArgumentError,
-    StoreError,
     format_duration,
-    open_store,
-    parse_duration,
 )
-from local_store._terminal import json_safe, visible
+from local_store._terminal import visible
 
-from ._paths import STORE_ENV, resolve_store_path
+from ._cli_support import (
+    CliGroup,
+    duration_option,
+    in_window,
+    opened,
+    optional_seconds,
+    plural,
+    print_json,
+    retry_window_option,
+    seconds,
+    store_and_json,
+    table,
+    when,
+)
+from ._paths import resolve_store_path
 
 __all__ = ["main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class _Group(click.Group):
-    """Turns every library and SQLite error of every subcommand into one line.
-
-    Usage errors (an unknown option, a missing required one, no command) stay click's:
-    usage text and exit status 2. Everything else is one ``Error: ...`` line, exit 1.
-    """
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except InvalidArgumentError as exc:
-            raise click.ClickException(visible(self._in_flags(str(exc)))) from None
-        except StoreError as exc:
-            raise click.ClickException(visible(str(exc))) from None
-        except sqlite3.Error as exc:
-            raise click.ClickException(visible(f"SQLite: {exc}")) from None
-        except BrokenPipeError:
-            raise  # output piped into `head`: click exits quietly
-        except OSError as exc:
-            raise click.ClickException(visible(str(exc))) from None
-        except OverflowError as exc:  # a number past what SQLite holds, however it came
-            raise click.ClickException(f"a number is out of range ({exc})") from None
-
-    def _in_flags(self, message: str) -> str:
-        """A library message starts with the Python parameter it is about
-        (``max_failure_rate must be ...``); the operator typed a flag."""
-        match = re.match(r"([a-z]+(?:_[a-z]+)*)\b", message)
-        if match is None:
-            return message
-        name = match.group(1)
-        for command in self.commands.values():
-            for param in command.params:
-                if isinstance(param, click.Option) and param.name in (
-                    name, name.removesuffix("_seconds")
-                ):
-                    return max(param.opts, key=len) + message[match.end():]
-        return message
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Query the local delivery store that otel_delivery.configure() writes.
 
@@ -90,130 +57,18 @@ def main() -> None:
     """
 
 
-def _store_and_json(f: F) -> F:
-    f = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
-    f = click.option(
-        "--store",
-        metavar="PATH",
-        help=f"Store file (default: ${STORE_ENV}, "
-        "else $XDG_STATE_HOME or ~/.local/state, /otel-delivery/deliveries.db).",
-    )(f)
-    return f
-
-
-def _duration_option(name: str, **kwargs: Any) -> Callable[[F], F]:
-    """An option read with :func:`parse_duration` (in the command, so a bad value is
-    one ``Error:`` line like every other)."""
-    return click.option(name, metavar="DURATION", **kwargs)
-
-
-RETRY_WINDOW_ENV = "OTEL_DELIVERY_RETRY_WINDOW"
-
-
-def _retry_window_option(f: F) -> F:
-    """--retry-window: how long a transient failure waits for its retry before the
-    delivery counts as abandoned (else $OTEL_DELIVERY_RETRY_WINDOW, else 10m)."""
-    return click.option(
-        "--retry-window", "retry_window", metavar="DURATION", envvar=RETRY_WINDOW_ENV,
-        default=format_duration(local_store.DEFAULT_RETRY_WINDOW_SECONDS), show_default=True,
-        help="A delivery whose last attempt failed transiently, with no retry for this "
-        f"long, is 'abandoned' (also ${RETRY_WINDOW_ENV}).",
-    )(f)
-
-
-def _plural(n: int, word: str, plural: str | None = None) -> str:
-    return f"{n} {word if n == 1 else plural or word + 's'}"
-
-
-@contextmanager
-def _opened(store: str | None) -> Iterator[sqlite_utils.Database]:
-    db = open_store(resolve_store_path(store))
-    try:
-        yield db
-    finally:
-        db.close()
-
-
-def _seconds(option: str, text: str, *, allow_zero: bool = False) -> float:
-    try:
-        seconds = parse_duration(text)
-    except InvalidArgumentError as exc:
-        raise InvalidArgumentError(f"{option}: {exc}") from None
-    if seconds == 0 and not allow_zero:
-        raise InvalidArgumentError(f"{option} must be longer than 0, got {text!r}")
-    return seconds
-
-
-def _optional_seconds(option: str, text: str | None) -> float | None:
-    return None if text is None else _seconds(option, text)
-
-
-# -- output --------------------------------------------------------------------------
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, bytes):
-        return value.hex()
-    return str(value)
-
-
-def _print_json(data: object) -> None:
-    # Infinity and NaN are not JSON: written as strings (see local_store._terminal).
-    click.echo(json.dumps(json_safe(data), indent=2, default=_json_default, allow_nan=False))
-
-
-def _when(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _cell(value: object, width: int = 60) -> str:
-    if value is None:
-        return "-"
-    text = visible(" ".join(str(value).split()))  # stored text may hold escapes
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _table(
-    headers: Sequence[str], rows: Sequence[Sequence[object]], *, width: int = 60
-) -> str:
-    """Aligned columns, numbers to the right, no borders; cells cut at ``width``."""
-    numeric = [
-        all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) and bool(rows)
-        for i in range(len(headers))
-    ]
-    cells = [[visible(str(h)) for h in headers]] + [[_cell(v, width) for v in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = [
-        "  ".join(
-            c.rjust(w) if num else c.ljust(w)
-            for c, w, num in zip(row, widths, numeric, strict=True)
-        ).rstrip()
-        for row in cells
-    ]
-    return "\n".join(lines)
-
-
-def _window(since_seconds: float | None, start_ms: int | None = None) -> str:
-    if since_seconds is None:
-        return "in the store"
-    start = f" (since {_when(start_ms)})" if start_ms is not None else ""
-    return f"in the last {format_duration(since_seconds)}{start}"
-
-
 # -- commands ------------------------------------------------------------------------
 
 
 @main.command(short_help="Attempts and deliveries per channel, error or status.")
-@_duration_option("--since", default="7d", show_default=True, help="Window: 90s, 5m, 1h, 7d, 2w.")
+@duration_option("--since", default="7d", show_default=True, help="Window: 90s, 5m, 1h, 7d, 2w.")
 @click.option(
     "--by", default="channel", show_default=True, metavar="channel|error|status",
     help="Group attempts by channel, by error type (attempts that did not fail in one "
     "group with no error) or by status.",
 )
-@_retry_window_option
-@_store_and_json
+@retry_window_option
+@store_and_json
 def summary(store: str | None, as_json: bool, since: str, by: str, retry_window: str) -> None:
     """Count attempts by status and deliveries by final outcome, per group.
 
@@ -228,13 +83,13 @@ def summary(store: str | None, as_json: bool, since: str, by: str, retry_window:
     Example:
       otel-delivery summary --since 7d --by error
     """
-    with _opened(store) as db:
+    with opened(store) as db:
         result = local_store.summary(
-            db, since_seconds=_seconds("--since", since), by=by,
-            retry_window_seconds=_seconds("--retry-window", retry_window, allow_zero=True),
+            db, since_seconds=seconds("--since", since), by=by,
+            retry_window_seconds=seconds("--retry-window", retry_window, allow_zero=True),
         )
     if as_json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
         return
     keys = list(result.total.key)
     statuses = _ordered(ATTEMPT_STATUSES, (g.statuses for g in result.groups))
@@ -246,14 +101,14 @@ def summary(store: str | None, as_json: bool, since: str, by: str, retry_window:
             return ["all", *[""] * (len(keys) - 1)]
         return list(g.key.values())
 
-    click.echo(f"Attempts by {by} {_window(result.since_seconds, result.window_start_ms)}:")
-    click.echo(_table(
+    click.echo(f"Attempts by {by} {in_window(result.since_seconds, result.window_start_ms)}:")
+    click.echo(table(
         [*keys, "attempts", *statuses],
         [[*key_cells(g), g.attempts, *(g.statuses.get(s, 0) for s in statuses)] for g in groups],
     ))
     click.echo("\nDeliveries by final outcome:")
     counted = groups if by == "channel" else [result.total]
-    click.echo(_table(
+    click.echo(table(
         [*keys, "deliveries", *outcomes],
         [
             [*key_cells(g), sum(g.deliveries.values()), *(g.deliveries.get(o, 0) for o in outcomes)]
@@ -265,12 +120,12 @@ def summary(store: str | None, as_json: bool, since: str, by: str, retry_window:
     )
     if by == "channel" and extra > 0:
         click.echo(
-            f"({_plural(extra, 'delivery', 'deliveries')} more in the channel rows than in "
+            f"({plural(extra, 'delivery', 'deliveries')} more in the channel rows than in "
             "the total: they were tried on several channels and count in each)"
         )
     if result.receipts:
         click.echo("\nReceipts (what the platform reported after accepting a message):")
-        click.echo(_table(
+        click.echo(table(
             ["channel", "messages", "delivered", "read", "failed_after_accept",
              "delivered_rate", "read_rate"],
             [[r.channel, r.messages, r.delivered, r.read, r.failed,
@@ -278,7 +133,7 @@ def summary(store: str | None, as_json: bool, since: str, by: str, retry_window:
         ))
     if result.unmatched_receipts:
         click.echo(
-            f"({_plural(result.unmatched_receipts, 'receipt')} for messages no attempt in "
+            f"({plural(result.unmatched_receipts, 'receipt')} for messages no attempt in "
             "the store sent: unmatched_receipt)"
         )
 
@@ -292,11 +147,11 @@ def _ordered(first: Sequence[str], dicts: Iterable[dict[str, int]]) -> list[str]
 
 
 @main.command(short_help="Failed attempts, newest first, with their errors.")
-@_duration_option("--since", default=None, help="Window, e.g. 1d (default: all time).")
+@duration_option("--since", default=None, help="Window, e.g. 1d (default: all time).")
 @click.option("--channel", default=None, help="Only this channel.")
 @click.option("--limit", default=50, show_default=True, type=int, help="At most this many rows.")
-@_retry_window_option
-@_store_and_json
+@retry_window_option
+@store_and_json
 def failures(
     store: str | None, as_json: bool, since: str | None, channel: str | None, limit: int,
     retry_window: str,
@@ -308,23 +163,23 @@ def failures(
     Example:
       otel-delivery failures --since 1d --channel telegram --limit 20
     """
-    since_seconds = _optional_seconds("--since", since)
-    with _opened(store) as db:
+    since_seconds = optional_seconds("--since", since)
+    with opened(store) as db:
         found = local_store.failures(
             db, since_seconds=since_seconds, channel=channel, limit=limit,
-            retry_window_seconds=_seconds("--retry-window", retry_window, allow_zero=True),
+            retry_window_seconds=seconds("--retry-window", retry_window, allow_zero=True),
         )
     if as_json:
-        _print_json(found)
+        print_json(found)
         return
     if not found:
-        click.echo(f"no failed attempts {_window(since_seconds)}")
+        click.echo(f"no failed attempts {in_window(since_seconds)}")
         return
-    click.echo(_table(
+    click.echo(table(
         ["started", "channel", "delivery", "attempt", "final", "error_type", "class",
          "delivery_now", "error", "trace_id"],
         [
-            [_when(r["started_at_ms"]), r["channel"], r["delivery_id"], r["attempt"],
+            [when(r["started_at_ms"]), r["channel"], r["delivery_id"], r["attempt"],
              {1: "yes", 0: "no"}.get(r["final"]), r["error_type"], r["failure_class"],
              r["delivery_outcome"], r["error_text"], r["trace_id"]]
             for r in found
@@ -336,8 +191,8 @@ def failures(
 @click.option("--inbound", "inbound_id", default=None, help="The gateway's inbound message id.")
 @click.option("--trace", "trace_id", default=None, help="A trace id (32 hex digits).")
 @click.option("--delivery", "delivery_id", default=None, help="A delivery (queue entry) id.")
-@_retry_window_option
-@_store_and_json
+@retry_window_option
+@store_and_json
 def trace(
     store: str | None,
     as_json: bool,
@@ -361,24 +216,24 @@ def trace(
             "give exactly one of --inbound, --trace or --delivery"
             + (f" (got {' and '.join(given)})" if given else "")
         )
-    window = _seconds("--retry-window", retry_window, allow_zero=True)
-    with _opened(store) as db:
+    window = seconds("--retry-window", retry_window, allow_zero=True)
+    with opened(store) as db:
         story = local_store.trace_story(
             db, inbound_id=inbound_id, trace_id=trace_id, delivery_id=delivery_id,
             retry_window_seconds=window,
         )
     if as_json:
-        _print_json(story.to_dict())
+        print_json(story.to_dict())
         return
     click.echo(visible(f"trace {', '.join(story.trace_ids)}"))
-    click.echo(_table(
+    click.echo(table(
         ["at", "step", "status", "detail"],
-        [[_when(e["at_ms"]), e["kind"], e["status"], e["detail"]] for e in story.timeline],
+        [[when(e["at_ms"]), e["kind"], e["status"], e["detail"]] for e in story.timeline],
         width=200,
     ))
     if story.deliveries:
         click.echo("")
-        click.echo(_table(
+        click.echo(table(
             ["delivery", "channel", "outcome", "attempts", "receipt", "last error"],
             [
                 [d.delivery_id, d.channel, d.outcome, d.attempts,
@@ -391,13 +246,13 @@ def trace(
 
 
 @main.command(short_help="Replies produced but never delivered, and why.")
-@_duration_option("--since", default="1d", show_default=True, help="Window, e.g. 1d.")
-@_duration_option(
+@duration_option("--since", default="1d", show_default=True, help="Window, e.g. 1d.")
+@duration_option(
     "--grace", default="60s", show_default=True,
     help="Ignore replies younger than this (their delivery may still be under way).",
 )
-@_retry_window_option
-@_store_and_json
+@retry_window_option
+@store_and_json
 def undelivered(
     store: str | None, as_json: bool, since: str, grace: str, retry_window: str
 ) -> None:
@@ -413,48 +268,48 @@ def undelivered(
     Example:
       otel-delivery undelivered --since 1d --grace 2m
     """
-    since_seconds = _seconds("--since", since)
-    grace_seconds = _seconds("--grace", grace, allow_zero=True)
-    with _opened(store) as db:
+    since_seconds = seconds("--since", since)
+    grace_seconds = seconds("--grace", grace, allow_zero=True)
+    with opened(store) as db:
         report = local_store.undelivered(
             db, since_seconds=since_seconds, grace_seconds=grace_seconds,
-            retry_window_seconds=_seconds("--retry-window", retry_window, allow_zero=True),
+            retry_window_seconds=seconds("--retry-window", retry_window, allow_zero=True),
         )
     if as_json:
-        _print_json(report.to_dict())
+        print_json(report.to_dict())
         return
-    window = _window(report.since_seconds, report.window_start_ms)
+    window = in_window(report.since_seconds, report.window_start_ms)
     waiting = (
-        f"; {_plural(report.in_grace, 'reply', 'replies')} younger than the "
+        f"; {plural(report.in_grace, 'reply', 'replies')} younger than the "
         f"{format_duration(report.grace_seconds)} grace not judged yet (--grace)"
         if report.in_grace else ""
     )
     if not report.items:
         click.echo(f"no undelivered replies or failed enqueues {window}{waiting}")
         return
-    click.echo(_table(
+    click.echo(table(
         ["at", "source", "reason", "channel", "inbound", "delivery", "attempts", "error",
          "trace_id"],
         [
-            [_when(i.at_ms), i.source, i.reason, i.channel, i.inbound_id, i.delivery_id,
+            [when(i.at_ms), i.source, i.reason, i.channel, i.inbound_id, i.delivery_id,
              i.attempts, i.error_type, i.trace_id]
             for i in report.items
         ],
     ))
     after = (
-        f", {_plural(report.failed_after_accept, 'message')} failed after the API accepted"
+        f", {plural(report.failed_after_accept, 'message')} failed after the API accepted"
         if report.failed_after_accept else ""
     )
     click.echo(
-        f"\n{_plural(report.replies, 'reply', 'replies')} not delivered, "
-        f"{_plural(report.enqueue_failures, 'other failed enqueue')}{after} {window}{waiting}"
+        f"\n{plural(report.replies, 'reply', 'replies')} not delivered, "
+        f"{plural(report.enqueue_failures, 'other failed enqueue')}{after} {window}{waiting}"
     )
 
 
 @main.command(short_help="Attempts cut short by a crash.")
-@_duration_option("--since", default=None, help="Window, e.g. 1d (default: all time).")
+@duration_option("--since", default=None, help="Window, e.g. 1d (default: all time).")
 @click.option("--limit", default=100, show_default=True, type=int, help="At most this many rows.")
-@_store_and_json
+@store_and_json
 def interrupted(store: str | None, as_json: bool, since: str | None, limit: int) -> None:
     """List attempts cut short by a crash: started, and their process is gone.
 
@@ -464,19 +319,19 @@ def interrupted(store: str | None, as_json: bool, since: str | None, limit: int)
     Example:
       otel-delivery interrupted --since 7d
     """
-    since_seconds = _optional_seconds("--since", since)
-    with _opened(store) as db:
+    since_seconds = optional_seconds("--since", since)
+    with opened(store) as db:
         found = local_store.interrupted(db, since_seconds=since_seconds, limit=limit)
     if as_json:
-        _print_json(found)
+        print_json(found)
         return
     if not found:
-        click.echo(f"no interrupted attempts {_window(since_seconds)}")
+        click.echo(f"no interrupted attempts {in_window(since_seconds)}")
         return
-    click.echo(_table(
+    click.echo(table(
         ["started", "channel", "delivery", "attempt", "why", "writer", "trace_id"],
         [
-            [_when(r["started_at_ms"]), r["channel"], r["delivery_id"], r["attempt"], r["why"],
+            [when(r["started_at_ms"]), r["channel"], r["delivery_id"], r["attempt"], r["why"],
              f"pid {r['writer_pid']} on {r['writer_host']}" if r["writer_pid"] else None,
              r["trace_id"]]
             for r in found
@@ -485,8 +340,8 @@ def interrupted(store: str | None, as_json: bool, since: str | None, limit: int)
 
 
 @main.command(short_help="Delete old rows in batches, keeping failures longer.")
-@_duration_option("--older-than", required=True, help="Delete delivered attempts older than this.")
-@_duration_option(
+@duration_option("--older-than", required=True, help="Delete delivered attempts older than this.")
+@duration_option(
     "--keep-failed-for", required=True,
     help="Keep failed and interrupted attempts (and their stories) this long; >= --older-than.",
 )
@@ -494,7 +349,7 @@ def interrupted(store: str | None, as_json: bool, since: str | None, limit: int)
 @click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
 @click.option("--batch-size", type=int, default=500, show_default=True,
               help="Most rows per delete transaction (fewer when deletes are slow).")
-@_store_and_json
+@store_and_json
 def prune(
     store: str | None,
     as_json: bool,
@@ -511,15 +366,15 @@ def prune(
     Example:
       otel-delivery prune --older-than 30d --keep-failed-for 90d --dry-run
     """
-    older = _seconds("--older-than", older_than)
-    keep = _seconds("--keep-failed-for", keep_failed_for)
-    with _opened(store) as db:
+    older = seconds("--older-than", older_than)
+    keep = seconds("--keep-failed-for", keep_failed_for)
+    with opened(store) as db:
         result = local_store.prune(
             db, older_than_seconds=older, keep_failed_for_seconds=keep,
             max_attempts=max_attempts, dry_run=dry_run, batch_size=batch_size,
         )
     if as_json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
         return
     counts = ", ".join(f"{table} {n}" for table, n in result.deleted.items())
     if result.dry_run:
@@ -533,7 +388,7 @@ def prune(
 
 
 @main.command(short_help="Exit 1, with reasons, when recent figures break limits.")
-@_duration_option("--since", default="1h", show_default=True, help="Window, e.g. 1h.")
+@duration_option("--since", default="1h", show_default=True, help="Window, e.g. 1h.")
 @click.option("--max-failure-rate", type=float, default=0.05, show_default=True,
               help="Per channel, as a fraction of attempts.")
 @click.option("--max-interrupted", type=int, default=0, show_default=True)
@@ -546,12 +401,12 @@ def prune(
               help="Messages the API accepted that the platform's receipts say failed.")
 @click.option("--min-attempts-for-rate", type=int, default=1, show_default=True,
               help="Judge a channel's failure rate only from this many attempts.")
-@_duration_option(
+@duration_option(
     "--grace", default="60s", show_default=True,
     help="Replies younger than this are not counted as undelivered yet.",
 )
-@_retry_window_option
-@_store_and_json
+@retry_window_option
+@store_and_json
 def health(
     store: str | None,
     as_json: bool,
@@ -574,10 +429,10 @@ def health(
     Example:
       otel-delivery health --since 1h --max-failure-rate 0.05 || alert
     """
-    with _opened(store) as db:
+    with opened(store) as db:
         report = local_store.health(
             db,
-            since_seconds=_seconds("--since", since),
+            since_seconds=seconds("--since", since),
             max_failure_rate=max_failure_rate,
             max_interrupted=max_interrupted,
             max_undelivered=max_undelivered,
@@ -586,11 +441,11 @@ def health(
             max_misuse=max_misuse,
             max_failed_after_accept=max_failed_after_accept,
             min_attempts_for_rate=min_attempts_for_rate,
-            grace_seconds=_seconds("--grace", grace, allow_zero=True),
-            retry_window_seconds=_seconds("--retry-window", retry_window, allow_zero=True),
+            grace_seconds=seconds("--grace", grace, allow_zero=True),
+            retry_window_seconds=seconds("--retry-window", retry_window, allow_zero=True),
         )
     if as_json:
-        _print_json(report.to_dict())
+        print_json(report.to_dict())
     elif report.ok:
         click.echo(visible(f"healthy: {report.headline()}"))
     else:
@@ -598,7 +453,7 @@ def health(
             click.echo(visible(reason))
     if not as_json and report.undelivered_in_grace:
         click.echo(
-            f"({_plural(report.undelivered_in_grace, 'reply', 'replies')} younger than the "
+            f"({plural(report.undelivered_in_grace, 'reply', 'replies')} younger than the "
             f"{format_duration(report.limits['grace_seconds'])} grace not judged yet: --grace)"
         )
     if not report.ok:
@@ -608,9 +463,9 @@ def health(
 @main.command(short_help="Run one read-only SQL statement.")
 @click.argument("sql")
 @click.option("--param", "-p", "params", multiple=True, help="A value for each ? in SQL.")
-@_duration_option("--timeout", default="30s", show_default=True,
+@duration_option("--timeout", default="30s", show_default=True,
                   help="Stop the statement after this long.")
-@_store_and_json
+@store_and_json
 def query(
     store: str | None, as_json: bool, sql: str, params: tuple[str, ...], timeout: str
 ) -> None:
@@ -628,13 +483,13 @@ def query(
       otel-delivery query "SELECT channel, COUNT(*) FROM v_failures GROUP BY channel"
     """
     columns, found = local_store.readonly_query(
-        resolve_store_path(store), sql, params, timeout_seconds=_seconds("--timeout", timeout)
+        resolve_store_path(store), sql, params, timeout_seconds=seconds("--timeout", timeout)
     )
     if as_json:
-        _print_json({"columns": columns, "rows": found})
+        print_json({"columns": columns, "rows": found})
         return
     if columns:
-        click.echo(_table(columns, found))
+        click.echo(table(columns, found))
     click.echo(f"({len(found)} row{'' if len(found) == 1 else 's'})")
 
 
