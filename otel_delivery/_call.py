@@ -18,7 +18,7 @@ from opentelemetry.trace import Link, Span, Status, StatusCode
 from . import _attributes as A
 from ._chat_libraries import retry_after_seconds
 from ._classify import Classifier, default_classifier, error_type_name
-from ._extract import Extractor, JunkValue, coerce_value, compile_extractor
+from ._extract import JunkValue, coerce_value, compile_extractor, compile_values
 from ._identity import delivery_key
 from ._kinds import (
     _AI_RUN,
@@ -74,16 +74,7 @@ class _Plan:
                 static[str(key)] = coerce_value(value)
             except JunkValue as exc:
                 raise TypeError(f"attributes[{key!r}]: {exc}") from None
-        self.static_values: dict[str, Any] = {}
-        self.extractors: list[tuple[str, Extractor]] = []
-        for field_name, spec in values.items():
-            if spec is None:
-                continue
-            extractor = compile_extractor(spec, func)
-            if extractor is None:
-                self.static_values[field_name] = spec
-            else:
-                self.extractors.append((field_name, extractor))
+        self.static_values, self.extractors = compile_values(values, func)
         self.static_attributes = static
         self.carrier = compile_extractor(carrier, func) if carrier is not None else None
         if carrier is not None and self.carrier is None:

@@ -23,7 +23,9 @@ from typing import Any
 
 from ._attributes import ATTRIBUTE_VALUE_LIMIT
 
-__all__ = ["ExtractSpec", "Extractor", "arg", "coerce_value", "compile_extractor"]
+__all__ = [
+    "ExtractSpec", "Extractor", "arg", "coerce_value", "compile_extractor", "compile_values",
+]
 
 #: What a decorator attribute argument may be.
 ExtractSpec = Any
@@ -98,6 +100,24 @@ def compile_extractor(spec: ExtractSpec, func: Callable[..., Any]) -> Extractor 
 
         return call_user
     return None
+
+
+def compile_values(
+    specs: Mapping[str, ExtractSpec], func: Callable[..., Any]
+) -> tuple[dict[str, Any], list[tuple[str, Extractor]]]:
+    """Split a decorator's value arguments into fixed values and per-call extractors
+    (arguments left at None are dropped)."""
+    static: dict[str, Any] = {}
+    extractors: list[tuple[str, Extractor]] = []
+    for name, spec in specs.items():
+        if spec is None:
+            continue
+        extractor = compile_extractor(spec, func)
+        if extractor is None:
+            static[name] = spec
+        else:
+            extractors.append((name, extractor))
+    return static, extractors
 
 
 def _compile_path(spec: ArgPath, func: Callable[..., Any]) -> Extractor:

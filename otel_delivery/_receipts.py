@@ -39,7 +39,7 @@ from opentelemetry.trace import (
 
 from . import _attributes as A
 from ._classify import error_type_name
-from ._extract import JunkValue, coerce_value, compile_extractor
+from ._extract import JunkValue, coerce_value, compile_extractor, compile_values
 from ._kinds import _count
 from ._state import Runtime, current
 
@@ -114,16 +114,7 @@ def _first(item: Mapping[str, Any], *keys: str) -> Any:
 class _ReceiptPlan:
     def __init__(self, func: Callable[..., Any], specs: dict[str, Any],
                  receipts: Any, record_if: Callable[..., Any] | None) -> None:
-        self.static: dict[str, Any] = {}
-        self.extractors = []
-        for name, spec in specs.items():
-            if spec is None:
-                continue
-            extractor = compile_extractor(spec, func)
-            if extractor is None:
-                self.static[name] = spec
-            else:
-                self.extractors.append((name, extractor))
+        self.static, self.extractors = compile_values(specs, func)
         self.receipts = compile_extractor(receipts, func) if receipts is not None else None
         if receipts is not None and self.receipts is None:
             raise TypeError("receipts= takes arg('param.path') or a callable, not a fixed value")
