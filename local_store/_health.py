@@ -13,6 +13,7 @@ import sqlite_utils
 from ._arguments import check_limit, resolve_now, window_start
 from ._durations import format_duration
 from ._failures import INTERRUPTED_SQL
+from ._future import count_future_rows
 from ._reading import (
     DEAD_CTE,
     DEFAULT_RETRY_WINDOW_SECONDS,
@@ -230,6 +231,12 @@ def health(
         reasons.append(
             f"{_plural(sum(drops.values()), 'record')} dropped before reaching the store "
             f"({detail}), the latest in the last {window} (max {max_drops})"
+        )
+    future = count_future_rows(db.conn, now)  # no window holds them until they are set back
+    if future:
+        reasons.append(
+            f"{_plural(future, 'row')} dated more than 5 minutes after now (did the clock "
+            "jump?); prune sets them back to now"
         )
     return HealthReport(
         ok=not reasons,

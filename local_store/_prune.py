@@ -40,6 +40,7 @@ from typing import Any
 import sqlite_utils
 
 from ._arguments import check_limit, check_seconds, resolve_now
+from ._future import clamp_future_rows
 from ._reading import has_rollups
 from ._rescue import DEFAULT_STALE_AFTER_MS
 from ._rollups import BUCKETS, HOUR_MS
@@ -128,7 +129,9 @@ def prune(
     enqueues and closed writers nothing kept refers to; then give the space back.
 
     ``max_attempts`` also caps the attempts kept: the oldest delivered go first, then
-    the oldest others. Open the store for writing (``open_store(path)``).
+    the oldest others. Rows dated more than five minutes after now are first set back
+    to now (counted in ``drops`` as ``future_timestamp``; see ``_future.py``), so they
+    age from now on. Open the store for writing (``open_store(path)``).
 
     >>> prune(db, older_than_seconds=30 * 86400,
     ...       keep_failed_for_seconds=90 * 86400)  # doctest: +SKIP
@@ -147,6 +150,9 @@ def prune(
     check_limit("vacuum_pages_per_step", vacuum_pages_per_step)
 
     now = resolve_now(now_ms)
+    if not dry_run:
+        # Rows dated ahead of now (a clock that jumped) would never be old enough.
+        clamp_future_rows(db.conn, now)
     old = now - int(older_than_seconds * 1000)
     keep = now - int(keep_failed_for_seconds * 1000)
     params: dict[str, Any] = {"keep": keep, "stale": now - DEFAULT_STALE_AFTER_MS}

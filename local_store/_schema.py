@@ -463,7 +463,8 @@ def open_store(
     try:
         version = schema_version(db)
         foreign_tables = set(db.table_names()) - {migrations.migrations_table}
-        if version == 0 and (readonly or not create or foreign_tables):
+        if version == 0 and (readonly or not create or foreign_tables or p.is_symlink()):
+            # (Through a symlink, only an existing store is opened: see _fs.py.)
             # Never add our tables to somebody else's database.
             raise StoreCorruptError(
                 f"{p} is not an otel-delivery store (no otel-delivery schema in it)"

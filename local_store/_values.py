@@ -56,6 +56,14 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "ai_runs": ("trace_id", "span_id", "status", "started_at_ms"),
     "enqueues": ("trace_id", "span_id", "status", "started_at_ms"),
 }
+# Each table's columns with the kind of value each takes.
+_KINDS: dict[str, tuple[tuple[str, str], ...]] = {
+    table: tuple(
+        (c, "int" if c in _INT_COLUMNS else "real" if c in _REAL_COLUMNS else "text")
+        for c in columns
+    )
+    for table, columns in TABLE_COLUMNS.items()
+}
 _DIGITS = re.compile(r"[+-]?[0-9]{1,19}", re.ASCII)
 
 
@@ -144,19 +152,27 @@ def clean_row(
     True
     """
     problems: list[tuple[str, str]] = []
-    for column in TABLE_COLUMNS[table]:
+    for column, kind in _KINDS[table]:
         value = row.get(column)
         if value is None:
             continue
+        # The usual values, checked first: what the decorators and the processor write.
+        vtype = type(value)
+        if kind == "text" and vtype is str and len(value) <= TEXT_LIMIT and value.isascii():
+            continue
+        if kind == "int" and vtype is int and INT64_MIN <= value <= INT64_MAX and not (
+            column in _POSITIVE_COLUMNS and value < 1
+        ) and not (column in _TIME_COLUMNS and value > now_ms + FUTURE_TOLERANCE_MS):
+            continue
         try:
-            if column in _INT_COLUMNS:
+            if kind == "int":
                 clean: Any = _as_int(value)
                 if column in _POSITIVE_COLUMNS and clean < 1:
                     raise _Bad
                 if column in _TIME_COLUMNS and clean > now_ms + FUTURE_TOLERANCE_MS:
                     problems.append((FUTURE_TIMESTAMP, f"{table}.{column}: {clean} > {now_ms}"))
                     clean = now_ms
-            elif column in _REAL_COLUMNS:
+            elif kind == "real":
                 clean = _as_real(value)
             else:
                 clean = _as_text(value)

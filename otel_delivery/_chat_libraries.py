@@ -154,6 +154,8 @@ def _seconds(value: Any) -> float | None:
     if isinstance(value, dt.timedelta):
         value = value.total_seconds()
     elif isinstance(value, str):
+        if len(value) > 64:  # no number of seconds is this long; float() of it is slow
+            return None
         try:
             value = float(value.strip())
         except ValueError:

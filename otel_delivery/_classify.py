@@ -10,8 +10,11 @@ the exception's type, HTTP status and message text:
 * transient: 429 / flood control / rate limits, timeouts, connection errors, 5xx.
 
 Anything it cannot place is transient: a retry is cheaper than a lost reply, and
-``max_attempts`` still bounds it. Plug in your own with ``configure(classifier=...)``
-or a decorator's ``classifier=``; return None from it to fall back to this one.
+``max_attempts`` still bounds it. Only the first :data:`CLASSIFY_HEAD_CHARS` and last
+:data:`CLASSIFY_TAIL_CHARS` characters of the message are read, so a failing call
+pays the same for a megabyte of error text as for a line of it. Plug in your own
+with ``configure(classifier=...)`` or a decorator's ``classifier=``; return None from
+it to fall back to this one.
 """
 
 from __future__ import annotations
@@ -23,7 +26,15 @@ from typing import Literal
 
 from ._chat_libraries import classify_library_error
 
-__all__ = ["Classifier", "FailureClass", "default_classifier", "error_type_name"]
+__all__ = [
+    "CLASSIFY_HEAD_CHARS", "CLASSIFY_TAIL_CHARS", "Classifier", "FailureClass",
+    "classify_text", "default_classifier", "error_type_name",
+]
+
+# Services put what went wrong first ("Forbidden: bot was blocked by the user"), and
+# wrappers sometimes last ("... (429 Too Many Requests)"): both ends are read.
+CLASSIFY_HEAD_CHARS = 1024
+CLASSIFY_TAIL_CHARS = 256
 
 FailureClass = Literal["permanent", "transient"]
 Classifier = Callable[[BaseException], "FailureClass | None"]
@@ -75,9 +86,21 @@ def default_classifier(exc: BaseException) -> FailureClass:
         if 400 <= status < 500:
             return "permanent"
     try:
-        text = f"{type(exc).__name__}: {exc}"
+        message = str(exc)
     except Exception:
-        text = type(exc).__name__
+        message = ""
+    return classify_text(f"{type(exc).__name__}: {_ends(message)}")
+
+
+def _ends(text: str) -> str:
+    if len(text) <= CLASSIFY_HEAD_CHARS + CLASSIFY_TAIL_CHARS:
+        return text
+    # A space between, so no phrase is made up of the two ends.
+    return f"{text[:CLASSIFY_HEAD_CHARS]} … {text[-CLASSIFY_TAIL_CHARS:]}"
+
+
+def classify_text(text: str) -> FailureClass:
+    """Classify an error by its text alone (the generic rules' last step)."""
     if _TRANSIENT_TEXT.search(text):
         return "transient"
     if _PERMANENT_TEXT.search(text):

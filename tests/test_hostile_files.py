@@ -140,6 +140,19 @@ def test_a_symlink_to_an_existing_file_that_is_not_a_store_is_refused(tmp_path: 
         assert stat.S_IMODE(victim.stat().st_mode) == 0o644
 
 
+def test_a_symlink_to_an_empty_sqlite_database_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "theirs.db"
+    sqlite3.connect(other).execute("VACUUM")  # a valid SQLite file with no tables
+    other.chmod(0o644)
+    before = other.read_bytes()
+    link = tmp_path / "d.db"
+    link.symlink_to(other)
+    with pytest.raises(StoreCorruptError, match="no otel-delivery schema"):
+        open_store(link, create=True)
+    assert other.read_bytes() == before
+    assert stat.S_IMODE(other.stat().st_mode) == 0o644
+
+
 def test_a_symlink_to_an_existing_store_is_followed(store: Path, tmp_path: Path) -> None:
     link = tmp_path / "link.db"
     link.symlink_to(store)

@@ -1,4 +1,4 @@
-"""#8: recording a receipt costs no more than one inbound span, mirror on.
+"""#9: recording a receipt costs no more than one inbound span, mirror on.
 
 Side by side in one process and one store: a ``@receipt`` call recording one status
 of a message sent earlier (its attempt found in the store, the path a webhook
@@ -101,7 +101,7 @@ def run_receipts(
     finally:
         handle.shutdown()
     result = Result(
-        id="8-receipt", measure="#8 receipt per call vs inbound per call (mirror on)",
+        id="9-receipt", measure="#9 receipt per call vs inbound per call (mirror on)",
         a_label="ours: @receipt, one status, attempt found in the store",
         b_label="ours: @inbound", a=r.median("receipt") * 1e6, b=r.median("inbound") * 1e6,
         unit="µs/call", ratio=med, spread=spread, target="≤ 1.0×", met=med <= 1.0,

@@ -1,10 +1,12 @@
 """The benchmark harness: ``python -m tests.bench [--size tiny|small|full] [--out FILE]``.
 
-Runs measures 1-7 of issue 4, prints one table (measure, A, B, median ratio, spread,
-target, met/missed), and writes the results as JSON (and the table as Markdown next
-to it). ``--size small`` takes under two minutes; ``--size full`` builds 1M- and
-10M-attempt stores (cached in ``--work``, reused by later runs) and takes much longer;
-``--size tiny`` is the smoke test's. Profiles of the hot paths go to ``--profile-dir``.
+Runs measures 1-7 of issue 4, 8 of issue 15 (classify time by error size) and 9 of
+issue 17 (a receipt against an inbound span), prints
+one table (measure, A, B, median ratio, spread, target, met/missed), and writes the
+results as JSON (and the table as Markdown next to it). ``--size small`` takes under
+two minutes; ``--size full`` builds 1M- and 10M-attempt stores (cached in ``--work``,
+reused by later runs) and takes much longer; ``--size tiny`` is the smoke test's.
+Profiles of the hot paths go to ``--profile-dir``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .traffic import BulkWriter, messages, messages_for_attempts
 
 __all__ = ["SIZES", "Size", "main", "run"]
 
-MEASURES = ("1", "2", "3", "4", "5", "6", "7", "8")
+MEASURES = ("1", "2", "3", "4", "5", "6", "7", "8", "9")
 
 
 @dataclass(frozen=True)
@@ -183,10 +185,10 @@ def run(
             return [r for r in res if r.id[0] in only], extra
 
         step("overhead (#1, #2)", overhead)
-    if "8" in only:
+    if "9" in only:
         from .receipts import run_receipts
 
-        step("receipts (#8)", lambda: run_receipts(
+        step("receipts (#9)", lambda: run_receipts(
             calls=size.calls, rounds=size.rounds, warmup=size.warmup,
             workdir=_fresh(work / "receipts"),
         ))
@@ -249,6 +251,10 @@ def run(
                 return [r for r in res if r.id[0] in only], extra
 
             step("prune (#5) and size (#7)", prune_step)
+    if "8" in only:
+        from .classify import run_classify
+
+        step("classify (#8)", lambda: run_classify(rounds=size.rounds, warmup=size.warmup))
     doc["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     doc["results"] = [r.to_dict() for r in results]
     return doc
@@ -338,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     only = tuple(m.strip() for m in args.only.split(",") if m.strip())
     unknown = set(only) - set(MEASURES)
     if unknown:
-        p.error(f"--only: unknown measures {sorted(unknown)}; choose from 1-7")
+        p.error(f"--only: unknown measures {sorted(unknown)}; choose from 1-8")
     out = args.out or Path(f"bench-results-{size.name}.json")
     profile_dir = None if args.no_profile else (
         args.profile_dir or Path(f"bench-profile-{size.name}")
