@@ -138,6 +138,10 @@ def _error_text(
         text = str(exc)
     except Exception:
         text = f"<unprintable {type(exc).__name__}>"
+    # Cut first, so a 50 MB error text costs what a short one does: whatever starts
+    # inside the limit, a secret included, is still whole in the cut text.
+    # (One more character keeps the cut visible: the text ends with "…".)
+    text = text[: limit + 1 + max((len(secret) for secret, _ in secrets), default=0)]
     text = text.encode("utf-8", "replace").decode("utf-8")
     for secret, replacement in secrets:
         if secret in text:

@@ -194,3 +194,21 @@ def test_conversation_ids_are_pseudonymised_with_the_same_key(tmp_path: Path) ->
         assert b"123456789" not in stored
     finally:
         t.handle.shutdown()
+
+
+def test_a_huge_error_text_is_cut_before_it_is_scrubbed(tmp_path: Path) -> None:
+    t = make_traced(tmp_path / "d.db", pseudonymize_key="k" * 32)
+    try:
+        @otel_delivery.deliver(channel="x", recipient=arg("to"), body=arg("text"))
+        def send(to: str, text: str, size: int) -> None:
+            raise Refused(f"rejected {text!r} " + "x" * size)
+
+        for size in (1_000, 20_000_000):
+            with pytest.raises(Refused):
+                send("+15550100", BODY, size)
+        rows = t.rows("SELECT error_text FROM attempts ORDER BY id")
+        assert all(len(r["error_text"]) <= 512 and "meet me" not in r["error_text"]
+                   for r in rows)
+        assert all("[message body]" in r["error_text"] for r in rows)
+    finally:
+        t.handle.shutdown()
