@@ -13,6 +13,11 @@ from ._prune import PruneResult, prune
 from ._reading import DEFAULT_RETRY_WINDOW_SECONDS, DeliveryOutcome
 from ._readonly import readonly_query
 from ._receipts import RECEIPT_STATUSES, AttemptFinder, ReceiptRates
+from ._retention import (
+    DEFAULT_KEEP_DELIVERED_FOR_SECONDS,
+    DEFAULT_KEEP_FAILED_FOR_SECONDS,
+    RetentionKeeper,
+)
 from ._schema import SCHEMA_VERSION, open_store
 from ._story import TraceStory, trace_story
 from ._summary import (
@@ -39,6 +44,8 @@ from .exceptions import (
 
 __all__ = [
     "ATTEMPT_STATUSES",
+    "DEFAULT_KEEP_DELIVERED_FOR_SECONDS",
+    "DEFAULT_KEEP_FAILED_FOR_SECONDS",
     "DEFAULT_RETRY_WINDOW_SECONDS",
     "DELIVERY_OUTCOMES",
     "MISUSE_REASONS",
@@ -54,6 +61,7 @@ __all__ = [
     "QueryLimitError",
     "QueryRefusedError",
     "ReceiptRates",
+    "RetentionKeeper",
     "StoreCorruptError",
     "StoreError",
     "StoreNotFoundError",

@@ -56,6 +56,8 @@ class HealthReport:
     undelivered_in_grace: int
     failed_after_accept: int = 0
     unmatched_receipts: int = 0
+    store_bytes: int = 0
+    oldest_attempt_age_seconds: float | None = None
 
     def headline(self) -> str:
         """One line for a healthy report (or a log line either way)."""
@@ -64,7 +66,10 @@ class HealthReport:
             f"{self.attempts} attempts, {self.failed} failed{rate}, "
             f"{self.interrupted} interrupted, {self.undelivered} undelivered, "
             f"{self.enqueue_failures} enqueue failures, {sum(self.drops.values())} dropped "
-            f"in the last {format_duration(self.since_seconds)}"
+            f"in the last {format_duration(self.since_seconds)}; "
+            f"store {self.store_bytes / 1e6:.1f} MB"
+            + (f", oldest attempt {self.oldest_attempt_age_seconds / 86400:.1f} days old"
+               if self.oldest_attempt_age_seconds is not None else "")
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,6 +243,7 @@ def health(
             f"{_plural(future, 'row')} dated more than 5 minutes after now (did the clock "
             "jump?); prune sets them back to now"
         )
+    (oldest,) = db.execute("SELECT MIN(started_at_ms) FROM attempts").fetchone()
     return HealthReport(
         ok=not reasons,
         reasons=reasons,
@@ -263,4 +269,13 @@ def health(
         undelivered_in_grace=unsent.in_grace,
         failed_after_accept=unsent.failed_after_accept,
         unmatched_receipts=unmatched_receipts(db, start),
+        store_bytes=_store_bytes(db),
+        oldest_attempt_age_seconds=None if oldest is None else max(0.0, (now - oldest) / 1000),
     )
+
+
+def _store_bytes(db: sqlite_utils.Database) -> int:
+    """The store file's size as SQLite counts it (pages in use and free)."""
+    (pages,) = db.execute("PRAGMA page_count").fetchone()
+    (size,) = db.execute("PRAGMA page_size").fetchone()
+    return int(pages) * int(size)

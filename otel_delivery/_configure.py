@@ -23,7 +23,14 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from local_store import AttemptFinder, StoreWriter
+from local_store import (
+    DEFAULT_KEEP_DELIVERED_FOR_SECONDS,
+    DEFAULT_KEEP_FAILED_FOR_SECONDS,
+    AttemptFinder,
+    RetentionKeeper,
+    StoreWriter,
+)
+from local_store._retention import DEFAULT_RETENTION_INTERVAL_SECONDS
 
 from ._attributes import ERROR_TEXT_LIMIT
 from ._classify import Classifier
@@ -91,8 +98,10 @@ class Instrumentation:
         writer: StoreWriter | None,
         processors: list[_Switchable],
         shutdown_timeout_seconds: float,
+        retention: RetentionKeeper | None = None,
     ) -> None:
         self.tracer_provider = tracer_provider
+        self.retention = retention
         self.runtime = runtime
         self.store_path = store_path
         self.writer = writer
@@ -139,6 +148,8 @@ class Instrumentation:
                 return
             self._shut = True
         uninstall(self.runtime)
+        if self.retention is not None:
+            self.retention.stop(timeout_seconds=0.0)  # a daemon: never holds the exit
         bound = self._shutdown_timeout if timeout_seconds is None else timeout_seconds
         self._run_bounded("shutdown", bound)
         for p in self._processors:
@@ -175,6 +186,8 @@ def _bounded(fn: Callable[[], bool], timeout_seconds: float) -> bool:
 
 
 _configure_lock = threading.Lock()
+# How often retention runs; tests make it short.
+_retention_interval_seconds = DEFAULT_RETENTION_INTERVAL_SECONDS
 _active: Instrumentation | None = None
 _atexit_registered = False
 
@@ -212,6 +225,8 @@ def configure(
     hot_path_timeout_seconds: float | None = None,
     journal: bool = True,
     shutdown_timeout_seconds: float = _DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
+    keep_delivered_for_seconds: float | None = DEFAULT_KEEP_DELIVERED_FOR_SECONDS,
+    keep_failed_for_seconds: float | None = DEFAULT_KEEP_FAILED_FOR_SECONDS,
 ) -> Instrumentation:
     """Set up tracing for the decorators and the local store; return the handle.
 
@@ -230,6 +245,11 @@ def configure(
       thread and are committed in the background (see ``local_store._journal``);
       ``False`` commits them on the caller's thread, so they are in the store when
       the call returns, at the price of a commit (or two) per send.
+    * Retention: a background thread prunes the store by age about once an hour
+      (the first time a minute after start): delivered attempts older than
+      ``keep_delivered_for_seconds`` (30 days), failures older than
+      ``keep_failed_for_seconds`` (90 days), then gives the space back. ``None``
+      keeps that class for ever; both ``None``, nothing is pruned.
 
     Calling it again replaces the previous configuration. Flushes at interpreter exit.
 
@@ -269,6 +289,7 @@ def configure(
         writer: StoreWriter | None = None
         find_attempt: Callable[[str, str], tuple[str, str] | None] | None = None
         store_path: Path | None = None
+        retention: RetentionKeeper | None = None
         try:
             if mirror:
                 store_path = resolve_store_path(store)
@@ -286,6 +307,12 @@ def configure(
                 recent = RecentSends()
                 processors.append(_Switchable(StoreSpanProcessor(writer, counters, recent)))
                 find_attempt = _finder(recent, AttemptFinder(store_path))
+                retention = RetentionKeeper(
+                    store_path, keep_delivered_for_seconds=keep_delivered_for_seconds,
+                    keep_failed_for_seconds=keep_failed_for_seconds,
+                    interval_seconds=_retention_interval_seconds,
+                    first_run_after_seconds=min(60.0, _retention_interval_seconds),
+                )
             exporter = span_exporter or otlp_exporter(otlp_endpoint, otlp_protocol)
             if exporter is not None:
                 processors.append(_Switchable(CountedBatch(exporter, counters)))
@@ -313,7 +340,10 @@ def configure(
         _active = Instrumentation(
             tracer_provider=provider, runtime=rt, store_path=store_path, writer=writer,
             processors=processors, shutdown_timeout_seconds=shutdown_timeout_seconds,
+            retention=retention,
         )
+        if retention is not None:
+            retention.start()
         if not _atexit_registered:
             atexit.register(_shutdown_active)
             _atexit_registered = True
