@@ -21,7 +21,7 @@ from slack_sdk.web.slack_response import SlackResponse
 
 import otel_delivery
 from local_store import open_store
-from local_store._schema import _VIEWS_SQL, KNOWN_MIGRATIONS, migrations
+from local_store._migrations import _VIEWS_SQL, KNOWN_MIGRATIONS, migrations
 from otel_delivery import arg, default_classifier, retry_after_seconds
 from otel_delivery._chat_libraries import classify_library_error
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from local_store import SCHEMA_VERSION, StoreVersionError, StoreWriter, open_store
-from local_store._schema import KNOWN_MIGRATIONS, migrations
+from local_store._migrations import KNOWN_MIGRATIONS, migrations
 
 
 def test_new_store_is_private_wal_and_incrementally_vacuumed(tmp_path: Path) -> None:
