@@ -39,7 +39,7 @@ _log = logging.getLogger("otel_delivery")
 _warned_unconfigured = False
 
 
-def _warn_unconfigured(rt: Runtime) -> None:
+def warn_unconfigured(rt: Runtime) -> None:
     global _warned_unconfigured
     rt.counters.add("unconfigured_call")
     if not _warned_unconfigured:
@@ -69,7 +69,7 @@ def _begin(plan: _Plan, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call 
         if not rt.enabled:
             return None
         if not is_configured(rt):
-            _warn_unconfigured(rt)
+            warn_unconfigured(rt)
         if not _wanted(plan, rt, args, kwargs):
             return None
         return plan.begin(rt, args, kwargs)

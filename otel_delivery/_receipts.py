@@ -39,9 +39,10 @@ from opentelemetry.trace import (
 
 from . import _attributes as A
 from ._classify import error_type_name
+from ._decorators import warn_unconfigured
 from ._extract import JunkValue, coerce_value, compile_extractor, compile_values
 from ._kinds import _count
-from ._state import Runtime, current
+from ._state import Runtime, current, is_configured
 
 __all__ = ["RecentSends", "receipt"]
 
@@ -207,6 +208,8 @@ def _record(plan: _ReceiptPlan, args: tuple[Any, ...], kwargs: dict[str, Any]) -
         rt = current()
         if not rt.enabled:
             return
+        if not is_configured(rt):
+            warn_unconfigured(rt)
         if plan.record_if is not None:
             try:
                 if not plan.record_if(*args, **kwargs):
