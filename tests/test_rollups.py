@@ -25,7 +25,7 @@ import pytest
 import sqlite_utils
 
 import local_store._health
-import local_store._schema as schema
+import local_store._migrations as migrations_module
 import local_store._summary
 import local_store._undelivered
 from local_store import health, open_store, prune, summary, undelivered
@@ -426,7 +426,7 @@ def test_an_older_store_gets_rollups_and_pending_runs_on_upgrade(
     ro.close()
 
     # The upgrade judges every pending trace (in slices of 7 here).
-    monkeypatch.setattr(schema, "_JUDGE_SLICE", 7)
+    monkeypatch.setattr(migrations_module, "_JUDGE_SLICE", 7)
     db = open_store(path, create=True)
     monkeypatch.undo()
     assert db.execute("SELECT COUNT(*) FROM traces_to_judge").fetchone()[0] == 0
