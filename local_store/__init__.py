@@ -18,7 +18,7 @@ from ._retention import (
     DEFAULT_KEEP_FAILED_FOR_SECONDS,
     RetentionKeeper,
 )
-from ._schema import SCHEMA_VERSION, open_store
+from ._schema import SCHEMA_VERSION, open_for_reading, open_store, stopped_journals
 from ._story import TraceStory, trace_story
 from ._summary import (
     ATTEMPT_STATUSES,
@@ -77,10 +77,12 @@ __all__ = [
     "format_duration",
     "health",
     "interrupted",
+    "open_for_reading",
     "open_store",
     "parse_duration",
     "prune",
     "readonly_query",
+    "stopped_journals",
     "summary",
     "trace_story",
     "undelivered",

@@ -8,6 +8,7 @@ show them as ISO-8601 text for people typing SQL.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sqlite3
@@ -16,6 +17,7 @@ from pathlib import Path
 import sqlite_utils
 
 from ._fs import NotRegularFileError, check_store_path, create_private_file, open_regular
+from ._journal import journal_files
 from ._migrations import KNOWN_MIGRATIONS, SCHEMA_VERSION, migrations
 from ._replay import replay_orphans
 from .exceptions import (
@@ -25,7 +27,10 @@ from .exceptions import (
     StoreVersionError,
 )
 
-__all__ = ["SCHEMA_VERSION", "connect", "is_damage", "open_store", "schema_version"]
+__all__ = [
+    "SCHEMA_VERSION", "connect", "is_damage", "open_for_reading", "open_store",
+    "schema_version", "stopped_journals",
+]
 
 _log = logging.getLogger("local_store")
 
@@ -159,7 +164,7 @@ def open_store(
             if version > 0 and not upgrade:
                 raise StoreUpgradeNeededError(
                     f"{p} has schema {version} of {SCHEMA_VERSION}: it is upgraded by the "
-                    "background writer, or by any otel-delivery command"
+                    "background writer, or by `otel-delivery upgrade`"
                 )
             _migrate(db)
         if not readonly and upgrade:
@@ -173,6 +178,44 @@ def open_store(
             raise _corrupt(p, exc) from exc
         raise
     return db
+
+
+def open_for_reading(path: str | os.PathLike[str]) -> sqlite_utils.Database:
+    """Open the store read-only, for a reader that must not change it (the CLI's
+    questions). A store of an older schema is refused: a writer upgrades it first.
+
+    Raises what :func:`open_store` raises, and StoreUpgradeNeededError.
+    """
+    db = open_store(path, readonly=True)
+    version = schema_version(db)
+    if version < SCHEMA_VERSION:
+        db.close()
+        raise StoreUpgradeNeededError(
+            f"{path} has schema {version} of {SCHEMA_VERSION} and readers never change a "
+            "store: upgrade it with `otel-delivery upgrade`, or start a gateway on it"
+        )
+    return db
+
+
+def stopped_journals(path: str | os.PathLike[str]) -> int:
+    """How many journal files of the store belong to writers that stopped: rows that
+    reach the store when a writer next opens it (``otel-delivery upgrade``, a gateway).
+    Read-only: a file is only opened and its lock tried."""
+    n = 0
+    for journal in journal_files(path):
+        try:
+            fd = open_regular(journal, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its writer is alive
+        else:
+            n += 1
+        finally:
+            os.close(fd)  # closing lets the lock go
+    return n
 
 
 def _make_private(path: Path) -> None:

@@ -20,8 +20,10 @@ from local_store import (
     InvalidArgumentError,
     StoreError,
     format_duration,
+    open_for_reading,
     open_store,
     parse_duration,
+    stopped_journals,
 )
 from local_store._terminal import json_safe, visible
 
@@ -33,6 +35,7 @@ __all__ = [
     "duration_option",
     "in_window",
     "opened",
+    "opened_for_writing",
     "optional_seconds",
     "plural",
     "print_json",
@@ -83,6 +86,26 @@ def plural(n: int, word: str, plural: str | None = None) -> str:
 
 @contextmanager
 def opened(store: str | None) -> Iterator[sqlite_utils.Database]:
+    """The store, read-only: a question never changes the store it asks. Rows that
+    stopped writers left in their journals are not in it yet; say so, on stderr."""
+    path = resolve_store_path(store)
+    db = open_for_reading(path)
+    try:
+        waiting = stopped_journals(path)
+        if waiting:
+            click.echo(
+                f"note: {waiting} journal file{'' if waiting == 1 else 's'} of stopped "
+                "writers hold rows not yet in the store (run `otel-delivery upgrade`, or "
+                "start the gateway, to commit them)", err=True,
+            )
+        yield db
+    finally:
+        db.close()
+
+
+@contextmanager
+def opened_for_writing(store: str | None) -> Iterator[sqlite_utils.Database]:
+    """The store, writable: upgraded and with stopped writers' journals committed."""
     db = open_store(resolve_store_path(store))
     try:
         yield db

@@ -27,6 +27,7 @@ from ._cli_support import (
     duration_option,
     in_window,
     opened,
+    opened_for_writing,
     optional_seconds,
     plural,
     print_json,
@@ -368,7 +369,7 @@ def prune(
     """
     older = seconds("--older-than", older_than)
     keep = seconds("--keep-failed-for", keep_failed_for)
-    with opened(store) as db:
+    with opened_for_writing(store) as db:
         result = local_store.prune(
             db, older_than_seconds=older, keep_failed_for_seconds=keep,
             max_attempts=max_attempts, dry_run=dry_run, batch_size=batch_size,
@@ -491,6 +492,30 @@ def query(
     if columns:
         click.echo(table(columns, found))
     click.echo(f"({len(found)} row{'' if len(found) == 1 else 's'})")
+
+
+@main.command(short_help="Upgrade the store and commit what stopped writers left.")
+@store_and_json
+def upgrade(store: str | None, as_json: bool) -> None:
+    """Bring the store to this version's schema and commit the rows that stopped
+    writers left in their journals: what a gateway's writer does when it starts. The
+    other commands only read, and refuse a store that needs this first.
+
+    \b
+    Example:
+      otel-delivery upgrade --store /var/lib/gateway/deliveries.db
+    """
+    path = resolve_store_path(store)
+    waiting = local_store.stopped_journals(path)
+    with opened_for_writing(store):
+        version = local_store.SCHEMA_VERSION  # what a writable open brings it to
+    left = local_store.stopped_journals(path)
+    if as_json:
+        print_json({"schema": version, "journals_committed": waiting - left,
+                    "journals_left": left})
+        return
+    click.echo(f"schema {version}; {plural(waiting - left, 'journal')} of stopped writers "
+               f"committed" + (f", {left} left (the store was busy)" if left else ""))
 
 
 # -- demo ----------------------------------------------------------------------------

@@ -328,3 +328,34 @@ def test_usage_errors_are_clicks_with_exit_status_2(store: Path, args: tuple[str
     assert result.exit_code == 2, result.output
     assert "Usage:" in result.output
     assert "Traceback" not in result.output
+
+
+def _digest(path: Path) -> str:
+    """The store's bytes: the file and its WAL (readers in WAL mode keep their read marks
+    in the -shm file; that is SQLite's, not the store's)."""
+    import hashlib
+
+    return hashlib.sha256(b"".join(
+        p.read_bytes() for p in (path, path.with_name(path.name + "-wal")) if p.exists()
+    )).hexdigest()
+
+
+def test_readers_never_write_and_refuse_a_store_that_needs_the_writer(store: Path) -> None:
+    before = _digest(store)
+    for command in (["summary"], ["failures"], ["interrupted"], ["health"],
+                    ["undelivered"], ["trace", "--delivery", "d-retry"]):
+        CliRunner().invoke(main, [*command, "--store", str(store)])
+    assert _digest(store) == before
+    # An older schema: readers refuse it, in one line, and say what to run.
+    conn = sqlite3.connect(store)
+    conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm010_receipts'")
+    conn.commit()
+    conn.close()
+    older = _digest(store)
+    result = CliRunner().invoke(main, ["summary", "--store", str(store)])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and "otel-delivery upgrade" in result.output
+    assert _digest(store) == older
+    upgraded = CliRunner().invoke(main, ["upgrade", "--store", str(store)])
+    assert upgraded.exit_code == 0, upgraded.output
+    assert CliRunner().invoke(main, ["summary", "--store", str(store)]).exit_code == 0

@@ -96,7 +96,7 @@ def test_an_oversized_journal_is_read_only_up_to_its_bound(store: Path) -> None:
     with big.open("wb") as f:
         f.write(HEADER)
         f.truncate(MAX_JOURNAL_BYTES * 4)  # sparse: zeros, no newline
-    result = cli("summary", "--store", store, timeout=60)
+    result = cli("upgrade", "--store", store, timeout=60)
     assert result.returncode == 0, result.stderr
     assert not big.exists()  # ours (the header says so): read up to the bound, then gone
     with sqlite3.connect(store) as conn:
