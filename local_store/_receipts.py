@@ -25,6 +25,7 @@ from typing import Any
 
 import sqlite_utils
 
+from ._forkgate import GATE
 from ._reading import rows
 
 __all__ = [
@@ -232,20 +233,21 @@ class AttemptFinder:
             if hit is not None:
                 self._found.move_to_end(key)
                 return hit
-            if self._conn is None:
-                if not self.path.is_file():
-                    return None
-                from ._schema import connect  # _schema builds on this module's SQL
+            if self._conn is None and not self.path.is_file():
+                return None
+            from ._schema import connect  # _schema builds on this module's SQL
 
-                self._conn = connect(
-                    self.path, readonly=True, busy_timeout_seconds=self.timeout_seconds
-                )
-            found = self._conn.execute(
-                "SELECT trace_id, span_id FROM attempts WHERE channel = ? "
-                "AND provider_message_id = ? ORDER BY status = 'delivered' DESC, id DESC "
-                "LIMIT 1",
-                (channel, provider_message_id),
-            ).fetchone()
+            with GATE:  # a fork never copies this thread halfway through SQLite
+                if self._conn is None:
+                    self._conn = connect(
+                        self.path, readonly=True, busy_timeout_seconds=self.timeout_seconds
+                    )
+                found = self._conn.execute(
+                    "SELECT trace_id, span_id FROM attempts WHERE channel = ? "
+                    "AND provider_message_id = ? ORDER BY status = 'delivered' DESC, id DESC "
+                    "LIMIT 1",
+                    (channel, provider_message_id),
+                ).fetchone()
             if found is None:
                 return None
             hit = (str(found[0]), str(found[1]))

@@ -8,11 +8,20 @@ sized to hold the write lock about 10 ms and never touches the gateway's hot pat
 (attempt rows go to the journal, which takes no lock), so a gateway's calls do not
 wait for it. A prune that fails (the store busy, read-only, gone) is logged at a
 limited rate and tried again at the next turn.
+
+The thread runs each prune in a child process (``python -m local_store._retention``)
+and only waits for it. A prune holds SQLite's process-wide mutexes for long
+stretches; in the gateway's own process, an ``os.fork()`` (a worker pool) at such a
+moment would leave the child waiting for ever on a mutex no thread of it holds (see
+``_forkgate.py``). A child process also keeps the prune's work off the gateway's GIL.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -34,6 +43,8 @@ DEFAULT_KEEP_DELIVERED_FOR_SECONDS = 30 * 86400.0
 DEFAULT_KEEP_FAILED_FOR_SECONDS = 90 * 86400.0
 DEFAULT_RETENTION_INTERVAL_SECONDS = 3600.0
 _FIRST_RUN_AFTER_SECONDS = 60.0
+# A prune of a large store can take minutes (RESULTS.md #5); past this, the next turn.
+_CHILD_TIMEOUT_SECONDS = 3600.0
 # "Keep for ever" for failures while deliveries are pruned: about 150 years (under the
 # 10000-week bound on durations).
 _FOREVER_SECONDS = 5e9
@@ -125,12 +136,56 @@ class RetentionKeeper:
         self.runs += 1
         return result
 
+    def run_in_child(self) -> PruneResult | None:
+        """:meth:`run_once` in a child process (what the thread does each turn)."""
+        args = [sys.executable, "-m", "local_store._retention", str(self.path),
+                _arg(self.keep_delivered_for_seconds), _arg(self.keep_failed_for_seconds)]
+        try:
+            done = subprocess.run(args, capture_output=True, text=True, check=False,
+                                  timeout=_CHILD_TIMEOUT_SECONDS)
+        except (OSError, subprocess.SubprocessError) as exc:
+            _log.warning("retention", "otel-delivery could not start a prune of %s (%s)",
+                         self.path, exc)
+            return None
+        line = done.stdout.strip().splitlines()[-1:] if done.returncode == 0 else []
+        if not line or line[0] == "null":
+            if done.returncode != 0:
+                _log.warning("retention", "otel-delivery prune of %s failed: %s", self.path,
+                             done.stderr.strip()[-300:])
+            return None
+        result = PruneResult(**json.loads(line[0]))
+        self.last_result = result
+        self.runs += 1
+        return result
+
     def _run(self) -> None:
         wait = self.first_run_after_seconds
         while not self._stop.wait(wait):
-            self.run_once()
+            self.run_in_child()
             wait = self.interval_seconds
 
 
 def _checked(name: str, value: float | None) -> float | None:
     return None if value is None else check_seconds(name, value)
+
+
+def _arg(seconds: float | None) -> str:
+    return "none" if seconds is None else repr(float(seconds))
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m local_store._retention PATH DELIVERED FAILED``: one prune, its
+    result as one line of JSON (``null`` when it could not run)."""
+    path, delivered, failed = argv
+    keeper = RetentionKeeper(
+        path,
+        keep_delivered_for_seconds=None if delivered == "none" else float(delivered),
+        keep_failed_for_seconds=None if failed == "none" else float(failed),
+    )
+    result = keeper.run_once() if keeper.enabled else None
+    print(json.dumps(None if result is None else result.to_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

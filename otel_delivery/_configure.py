@@ -246,7 +246,7 @@ def configure(
       ``False`` commits them on the caller's thread, so they are in the store when
       the call returns, at the price of a commit (or two) per send.
     * Retention: a background thread prunes the store by age about once an hour
-      (the first time a minute after start): delivered attempts older than
+      (the first time a minute after start, in a child process): delivered attempts older than
       ``keep_delivered_for_seconds`` (30 days), failures older than
       ``keep_failed_for_seconds`` (90 days), then gives the space back. ``None``
       keeps that class for ever; both ``None``, nothing is pruned.
