@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from local_store import StoreWriter
-from local_store import _writer_base as W
+from local_store import _writer as W
 
 
 @pytest.fixture
