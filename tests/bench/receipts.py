@@ -20,29 +20,12 @@ from opentelemetry.sdk.trace import TracerProvider
 import otel_delivery
 from otel_delivery import arg
 
-from .overhead import RESOURCE, DiscardExporter
+from .overhead import RESOURCE, DiscardExporter, _sync_sample
 from .timing import Result, alternate, ratio_stats
 
 __all__ = ["run_receipts"]
 
 SENT = 5_000  # messages sent before the receipts arrive
-
-
-def _sample(
-    fn: Callable[[int], Any], calls: int, counter: itertools.count[int],
-    flush: Callable[[], Any], flushed: list[float],
-) -> Callable[[], float]:
-    def sample() -> float:
-        inputs = [next(counter) for _ in range(calls)]
-        t0 = time.perf_counter()
-        for i in inputs:
-            fn(i)
-        elapsed = time.perf_counter() - t0
-        flush()
-        flushed.append((time.perf_counter() - t0) / calls)
-        return elapsed / calls
-
-    return sample
 
 
 def run_receipts(
@@ -90,7 +73,8 @@ def run_receipts(
     counter = itertools.count()
     try:
         r = alternate(
-            {name: _sample(fn, calls, counter, handle.force_flush, flushed[name])
+            {name: _sync_sample(fn, lambda: next(counter), calls, handle.force_flush,
+                                flushed[name])
              for name, fn in variants_fn.items()},
             rounds=rounds, warmup=warmup,
         )
