@@ -17,7 +17,6 @@ from ._future import count_future_rows
 from ._reading import (
     DEAD_CTE,
     DEFAULT_RETRY_WINDOW_SECONDS,
-    has_rollups,
     liveness_params,
 )
 from ._receipts import unmatched_receipts
@@ -88,14 +87,6 @@ def _attempts_by_channel(
     From ``attempt_rollup`` (whole hours, then whole minutes) plus the rows of the
     first partial minute and the rows still ``started``, which the rollup leaves out.
     """
-    if not has_rollups(db):
-        return [
-            (ch, n, int(failed)) for ch, n, failed in db.execute(
-                "SELECT channel, COUNT(*), TOTAL(status = 'failed') FROM attempts "
-                "WHERE started_at_ms >= :since GROUP BY channel ORDER BY channel",
-                params,
-            ).fetchall()
-        ]
     since = params["since"]
     first_hour = -(-since // HOUR_MS)
     first_minute = -(-since // MINUTE_MS)

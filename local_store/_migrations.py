@@ -1,8 +1,15 @@
 """The store's schema, versioned with sqlite-utils ``Migrations`` (the
 ``_sqlite_migrations`` table): each migration, and the SQL it runs.
 
-A store that records a migration this code does not know was written by a newer
-otel-delivery, and is refused (``_schema.schema_version``).
+``m001_baseline`` creates the whole schema of a new store: the tables, their
+indexes, the views, and the triggers that keep the rollups (``_rollups.py``),
+``reply_pending`` and the kept verdicts (``_pending.py``) and the receipts
+(``_receipts.py``). A later schema change is a new migration, appended below.
+
+A store that records a migration this code does not know is refused
+(``_schema.schema_version``): one written by a newer otel-delivery, or one written
+by a build from before the baseline (its first migration is ``m001_initial``),
+which has no upgrade path.
 """
 
 from __future__ import annotations
@@ -14,109 +21,35 @@ from sqlite_utils.migrations import Migrations
 
 from . import _pending, _rollups
 from ._receipts import RECEIPTS_SQL
-from ._verdicts import refresh_verdicts
 
-__all__ = ["KNOWN_MIGRATIONS", "MIGRATION_SET", "SCHEMA_VERSION", "migrations"]
+__all__ = [
+    "KNOWN_MIGRATIONS", "MIGRATION_SET", "PRE_BASELINE_MIGRATIONS", "SCHEMA_VERSION",
+    "migrations",
+]
 
 MIGRATION_SET = "otel_delivery"
 migrations = Migrations(MIGRATION_SET)
 
 
 @migrations()
-def m001_initial(db: sqlite_utils.Database) -> None:
-    db.executescript(_INITIAL_SQL)
-
-
-@migrations()
-def m002_views(db: sqlite_utils.Database) -> None:
-    db.executescript(_VIEWS_SQL)
-
-
-@migrations()
-def m003_undelivered_by_trace(db: sqlite_utils.Database) -> None:
-    # Without index statistics SQLite answered v_undelivered through the status index,
-    # re-reading every delivered attempt once per AI run; '+a.status' leaves it the
-    # trace index, one probe per run.
-    db.executescript(_UNDELIVERED_VIEW_V3)
-
-
-@migrations()
-def m004_retry_after(db: sqlite_utils.Database) -> None:
-    # The wait a rate-limited service asked for (Telegram retry_after, Slack
-    # Retry-After), so operators can see floods without reading error texts.
-    if "retry_after_seconds" not in db["attempts"].columns_dict:
-        db.execute("ALTER TABLE attempts ADD COLUMN retry_after_seconds REAL")
-
-
-@migrations()
-def m005_summary_rollups(db: sqlite_utils.Database) -> None:
-    # summary and health read hourly and per-minute counts kept by triggers on
-    # attempts (see _rollups.py) instead of scanning the window; backfilled here.
-    script = [_rollups.ROLLUP_TABLES_SQL]
-    script += [f"DROP TRIGGER IF EXISTS {name};" for name in _rollups.ROLLUP_TRIGGERS]
-    script += [_rollups.ROLLUP_TRIGGERS_SQL, _rollups.ROLLUP_BACKFILL_SQL]
-    _run_script(db, "\n".join(script))
-
-
-@migrations()
-def m006_reply_pending(db: sqlite_utils.Database) -> None:
-    # undelivered reads only the runs whose reply no attempt has delivered yet.
-    if "reply_pending" not in db["ai_runs"].columns_dict:
-        db.execute("ALTER TABLE ai_runs ADD COLUMN reply_pending INTEGER NOT NULL DEFAULT 0")
-    script = [f"DROP TRIGGER IF EXISTS {name};" for name in _pending.REPLY_PENDING_TRIGGERS]
-    script += [_pending.REPLY_PENDING_SQL, _pending.REPLY_PENDING_BACKFILL_SQL]
-    _run_script(db, "\n".join(script))
-
-
-@migrations()
-def m007_undelivered_indexes(db: sqlite_utils.Database) -> None:
-    # undelivered reads its runs, attempts and failed enqueues from small covering
-    # indexes, and split_deliveries tells it which deliveries span traces.
-    script = [f"DROP TRIGGER IF EXISTS {name};" for name in _pending.SPLIT_DELIVERY_TRIGGERS]
-    script += [
-        _pending.UNSENT_INDEXES_SQL, _pending.SPLIT_DELIVERIES_SQL,
-        _pending.SPLIT_DELIVERIES_BACKFILL_SQL,
-    ]
-    _run_script(db, "\n".join(script))
-
-
-@migrations()
-def m008_views_retry_after(db: sqlite_utils.Database) -> None:
-    # v_attempts (and v_failures, built on it) show m004's retry_after_seconds too.
-    _run_script(db, _ATTEMPTS_VIEWS_V8)
-
-
-# Traces judged per statement by m009's backfill.
-_JUDGE_SLICE = 5_000
-
-
-@migrations()
-def m009_undelivered_verdicts(db: sqlite_utils.Database) -> None:
-    # undelivered reads each pending reply's verdict, judged ahead and kept by the
-    # writers (see _verdicts.py), instead of judging every trace when asked.
-    have = db["ai_runs"].columns_dict
-    for column in _pending.VERDICT_COLUMNS:
-        if column not in have:
-            db.execute(f"ALTER TABLE ai_runs ADD COLUMN {column}")
-    script = [f"DROP TRIGGER IF EXISTS {name};" for name in _pending.VERDICT_TRIGGERS]
-    script += [_pending.TRACE_VERDICTS_SQL, _pending.TRACE_VERDICTS_BACKFILL_SQL]
-    _run_script(db, "\n".join(script))
-    # In slices, so that a large store's upgrade holds a few thousand traces' rows in
-    # memory at a time, not every pending trace's (182k at 10M attempts).
-    while refresh_verdicts(db, limit=_JUDGE_SLICE):
-        pass
-
-
-@migrations()
-def m010_receipts(db: sqlite_utils.Database) -> None:
-    # What the platform said after accepting a message (see _receipts.py).
-    _run_script(db, RECEIPTS_SQL)
+def m001_baseline(db: sqlite_utils.Database) -> None:
+    _run_script(db, "\n".join((
+        _TABLES_SQL,
+        _VIEWS_SQL,
+        _rollups.ROLLUP_TABLES_SQL,
+        _rollups.ROLLUP_TRIGGERS_SQL,
+        _pending.REPLY_PENDING_SQL,
+        _pending.UNSENT_INDEXES_SQL,
+        _pending.SPLIT_DELIVERIES_SQL,
+        _pending.TRACE_VERDICTS_SQL,
+        RECEIPTS_SQL,
+    )))
 
 
 def _run_script(db: sqlite_utils.Database, script: str) -> None:
     """Run ``script`` statement by statement inside the migration's transaction
-    (``executescript`` would commit first, so a stopped backfill would leave half a
-    rollup behind)."""
+    (``executescript`` would commit first, so a stopped migration would leave half a
+    schema behind)."""
     statement = ""
     for line in script.splitlines(keepends=True):
         statement += line
@@ -128,14 +61,18 @@ def _run_script(db: sqlite_utils.Database, script: str) -> None:
         db.execute(statement)
 
 
-KNOWN_MIGRATIONS = (
+KNOWN_MIGRATIONS = ("m001_baseline",)
+SCHEMA_VERSION = len(KNOWN_MIGRATIONS)
+
+#: The migrations of the builds before the baseline. A store that records them has
+#: no upgrade path: it is refused with a line saying how to start a new one.
+PRE_BASELINE_MIGRATIONS = frozenset({
     "m001_initial", "m002_views", "m003_undelivered_by_trace", "m004_retry_after",
     "m005_summary_rollups", "m006_reply_pending", "m007_undelivered_indexes",
     "m008_views_retry_after", "m009_undelivered_verdicts", "m010_receipts",
-)
-SCHEMA_VERSION = len(KNOWN_MIGRATIONS)
+})
 
-_INITIAL_SQL = """
+_TABLES_SQL = """
 CREATE TABLE writers (
     id INTEGER PRIMARY KEY,
     pid INTEGER NOT NULL,
@@ -181,7 +118,15 @@ CREATE TABLE ai_runs (
     started_at_ms INTEGER NOT NULL,
     ended_at_ms INTEGER,
     duration_ms REAL,
-    service TEXT
+    service TEXT,
+    reply_pending INTEGER NOT NULL DEFAULT 0,
+    -- undelivered's kept verdict of a pending run (_verdicts.py); no declared type:
+    -- values are kept exactly as written
+    verdict_reason,
+    verdict_delivery_id,
+    verdict_attempts,
+    verdict_error_type,
+    verdict_error_text
 );
 CREATE INDEX idx_runs_trace ON ai_runs (trace_id);
 CREATE INDEX idx_runs_started ON ai_runs (started_at_ms);
@@ -207,7 +152,8 @@ CREATE TABLE attempts (
     duration_ms REAL,
     provider_message_id TEXT,
     service TEXT,
-    writer_id INTEGER
+    writer_id INTEGER,
+    retry_after_seconds REAL
 );
 CREATE UNIQUE INDEX idx_attempts_span ON attempts (span_id);
 CREATE INDEX idx_attempts_delivery ON attempts (delivery_id, attempt);
@@ -244,16 +190,17 @@ CREATE TABLE drops (
 );
 """
 
+# The unary + in v_undelivered keeps SQLite, which has no index statistics, off the
+# status index: the trace index is one probe per run.
 _VIEWS_SQL = """
 CREATE VIEW v_attempts AS
 SELECT
     id, delivery_id, attempt, max_attempts, channel, recipient, status,
-    error_type, error_text, failure_class, final,
+    error_type, error_text, failure_class, final, retry_after_seconds,
     strftime('%Y-%m-%dT%H:%M:%fZ', started_at_ms / 1000.0, 'unixepoch') AS started_at,
     strftime('%Y-%m-%dT%H:%M:%fZ', ended_at_ms / 1000.0, 'unixepoch') AS ended_at,
     duration_ms, provider_message_id, trace_id, span_id, inbound_id, service
 FROM attempts;
-
 CREATE VIEW v_failures AS
 SELECT * FROM v_attempts WHERE status = 'failed' ORDER BY id DESC;
 
@@ -282,7 +229,7 @@ SELECT
 FROM ai_runs r
 WHERE r.reply_produced = 1
   AND NOT EXISTS (
-      SELECT 1 FROM attempts a WHERE a.trace_id = r.trace_id AND a.status = 'delivered'
+      SELECT 1 FROM attempts a WHERE a.trace_id = r.trace_id AND +a.status = 'delivered'
   );
 
 CREATE VIEW v_enqueue_failures AS
@@ -300,35 +247,3 @@ SELECT
     last_error
 FROM drops;
 """
-
-_UNDELIVERED_VIEW_V3 = """
-DROP VIEW v_undelivered;
-CREATE VIEW v_undelivered AS
-SELECT
-    r.trace_id, r.inbound_id, r.channel, r.agent,
-    strftime('%Y-%m-%dT%H:%M:%fZ', r.ended_at_ms / 1000.0, 'unixepoch') AS reply_at,
-    (SELECT COUNT(*) FROM attempts a WHERE a.trace_id = r.trace_id) AS attempts
-FROM ai_runs r
-WHERE r.reply_produced = 1
-  AND NOT EXISTS (
-      SELECT 1 FROM attempts a WHERE a.trace_id = r.trace_id AND +a.status = 'delivered'
-  );
-"""
-
-_ATTEMPTS_VIEWS_V8 = """
-DROP VIEW IF EXISTS v_failures;
-DROP VIEW IF EXISTS v_attempts;
-CREATE VIEW v_attempts AS
-SELECT
-    id, delivery_id, attempt, max_attempts, channel, recipient, status,
-    error_type, error_text, failure_class, final, retry_after_seconds,
-    strftime('%Y-%m-%dT%H:%M:%fZ', started_at_ms / 1000.0, 'unixepoch') AS started_at,
-    strftime('%Y-%m-%dT%H:%M:%fZ', ended_at_ms / 1000.0, 'unixepoch') AS ended_at,
-    duration_ms, provider_message_id, trace_id, span_id, inbound_id, service
-FROM attempts;
-CREATE VIEW v_failures AS
-SELECT * FROM v_attempts WHERE status = 'failed' ORDER BY id DESC;
-"""
-
-# How long a connection waits for another writer before giving up. The
-# gateway's hot path uses a much shorter bound (see writer.py).

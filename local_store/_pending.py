@@ -1,16 +1,16 @@
 """What ``undelivered`` reads, kept by triggers so it never scans the store.
 
-``ai_runs.reply_pending`` (schema m006) is 1 when a run produced a reply and no
+``ai_runs.reply_pending`` is 1 when a run produced a reply and no
 attempt of its trace has delivered; triggers on both tables keep it, whichever row is
 written first, and a partial index holds only the pending runs.
 
-``undelivered`` reads from its own partial covering indexes (schema m007): attempts
+``undelivered`` reads from its own partial covering indexes: attempts
 that did not deliver, failed enqueues, and pending runs. Every attempt of a pending
 run's trace is in the first, since none of them delivered. ``split_deliveries``, kept
 by triggers, lists (at least) the deliveries with attempts in more than one trace;
 only those need reading again by delivery id.
 
-``ai_runs.verdict_*`` (schema m009) keep, on each pending run, what ``undelivered``
+``ai_runs.verdict_*`` keep, on each pending run, what ``undelivered``
 says of it, judged ahead by the writers (``_verdicts.py``); triggers on attempts,
 enqueues and runs queue the traces whose verdict a change may alter in
 ``traces_to_judge``, and readers judge the queued traces themselves.
@@ -19,13 +19,8 @@ enqueues and runs queue the traces whose verdict a change may alter in
 from __future__ import annotations
 
 __all__ = [
-    "REPLY_PENDING_BACKFILL_SQL",
     "REPLY_PENDING_SQL",
-    "REPLY_PENDING_TRIGGERS",
-    "SPLIT_DELIVERIES_BACKFILL_SQL",
     "SPLIT_DELIVERIES_SQL",
-    "SPLIT_DELIVERY_TRIGGERS",
-    "TRACE_VERDICTS_BACKFILL_SQL",
     "TRACE_VERDICTS_SQL",
     "UNSENT_INDEXES_SQL",
     "VERDICT_COLUMNS",
@@ -50,17 +45,11 @@ def _recheck_trace(t: str) -> str:
     )
 
 
-REPLY_PENDING_TRIGGERS = (
-    "ai_runs_pending_ai", "ai_runs_pending_au", "attempts_pending_ai",
-    "attempts_pending_au", "attempts_pending_au_delivered", "attempts_pending_au_undelivered",
-    "attempts_pending_ad",
-)
 
-# The pending runs by start (undelivered's window; m007 replaces idx_runs_pending with
-# the covering idx_runs_pending_cover) and by trace (a delivered attempt clears its
-# trace's pending runs without reading the trace's other runs).
+# The pending runs by trace (a delivered attempt clears its trace's pending runs
+# without reading the trace's other runs); by start, undelivered's window reads
+# idx_runs_pending_verdict (below).
 REPLY_PENDING_SQL = f"""
-CREATE INDEX IF NOT EXISTS idx_runs_pending ON ai_runs (started_at_ms) WHERE reply_pending = 1;
 CREATE INDEX IF NOT EXISTS idx_runs_pending_trace ON ai_runs (trace_id) WHERE reply_pending = 1;
 -- A run written after its trace's delivered attempt (runs go in background batches)
 -- is judged when it arrives.
@@ -92,21 +81,13 @@ WHEN OLD.status = 'delivered' BEGIN
 END;
 """
 
-# NOT IN builds the set of delivered traces from one pass over attempts (+status keeps
-# it a scan in table order), instead of one trace-index probe per run.
-REPLY_PENDING_BACKFILL_SQL = """
-UPDATE ai_runs SET reply_pending = 0 WHERE reply_pending != 0;
-UPDATE ai_runs SET reply_pending = 1
-WHERE reply_produced IS 1
-  AND trace_id NOT IN (SELECT a.trace_id FROM attempts a WHERE +a.status = 'delivered');
-"""
 
-# -- undelivered's own indexes (schema m007) ------------------------------------------
+# -- undelivered's own indexes ----------------------------------------------------------
 
 # A pending run's trace has no delivered attempt, so every attempt undelivered reads
 # is in idx_attempts_unsent: about one attempt in twenty, with what judging needs,
 # so a read touches a small index and never the table. The same for failed enqueues
-# and for the pending runs themselves.
+# (the pending runs themselves are in idx_runs_pending_verdict).
 UNSENT_INDEXES_SQL = """
 CREATE INDEX IF NOT EXISTS idx_attempts_unsent ON attempts (
     trace_id, delivery_id, attempt, started_at_ms, status, final, max_attempts,
@@ -115,13 +96,8 @@ CREATE INDEX IF NOT EXISTS idx_attempts_unsent ON attempts (
 CREATE INDEX IF NOT EXISTS idx_enqueues_failed_trace
     ON enqueues (trace_id, status, delivery_id, error_type, error_text)
     WHERE status = 'failed';
-CREATE INDEX IF NOT EXISTS idx_runs_pending_cover
-    ON ai_runs (started_at_ms, id, ended_at_ms, trace_id, inbound_id, channel, reply_pending)
-    WHERE reply_pending = 1;
-DROP INDEX IF EXISTS idx_runs_pending;
 """
 
-SPLIT_DELIVERY_TRIGGERS = ("attempts_split_ai", "attempts_split_au", "attempts_split_ad")
 
 
 def _in_other_trace(row: str) -> str:
@@ -152,15 +128,8 @@ WHEN EXISTS (SELECT 1 FROM split_deliveries s WHERE s.delivery_id = OLD.delivery
 END;
 """
 
-# One pass over the attempts in table order, grouped in a temporary b-tree.
-SPLIT_DELIVERIES_BACKFILL_SQL = """
-DELETE FROM split_deliveries;
-INSERT INTO split_deliveries
-SELECT delivery_id FROM attempts NOT INDEXED
-GROUP BY delivery_id HAVING MIN(trace_id) IS NOT MAX(trace_id);
-"""
 
-# -- undelivered's kept verdicts (schema m009) ----------------------------------------
+# -- undelivered's kept verdicts ---------------------------------------------------------
 
 VERDICT_TRIGGERS = (
     "attempts_verdict_ai", "attempts_verdict_ai_split", "attempts_verdict_au",
@@ -233,7 +202,6 @@ CREATE INDEX IF NOT EXISTS idx_runs_pending_verdict ON ai_runs (
     started_at_ms, id, ended_at_ms, trace_id, inbound_id, channel, reply_pending,
     {", ".join(VERDICT_COLUMNS)}
 ) WHERE reply_pending = 1;
-DROP INDEX IF EXISTS idx_runs_pending_cover;
 CREATE TRIGGER attempts_verdict_ai AFTER INSERT ON attempts
 WHEN NEW.status IS NOT 'delivered' BEGIN
     {_judge_again("NEW.trace_id")}
@@ -296,10 +264,3 @@ CREATE TRIGGER enqueues_verdict_ad AFTER DELETE ON enqueues WHEN OLD.status = 'f
 END;
 """
 
-# Every trace with a pending run waits to be judged; the upgrade then judges them all.
-TRACE_VERDICTS_BACKFILL_SQL = f"""
-UPDATE ai_runs SET {", ".join(f"{c} = NULL" for c in VERDICT_COLUMNS)}
-WHERE verdict_attempts IS NOT NULL;
-DELETE FROM traces_to_judge;
-INSERT INTO traces_to_judge SELECT DISTINCT trace_id FROM ai_runs WHERE reply_pending = 1;
-"""

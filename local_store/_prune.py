@@ -41,7 +41,6 @@ import sqlite_utils
 
 from ._arguments import check_limit, check_seconds, resolve_now
 from ._future import clamp_future_rows
-from ._reading import has_rollups
 from ._rescue import DEFAULT_STALE_AFTER_MS
 from ._rollups import BUCKETS, HOUR_MS
 from .exceptions import InvalidArgumentError
@@ -405,8 +404,6 @@ def _drop_empty_rollup_rows(db: sqlite_utils.Database, before_ms: int) -> None:
 
     The triggers already keep the counts right while rows are deleted.
     """
-    if not has_rollups(db):
-        return
     for table, groupings in (
         ("attempt_rollup", [None]),
         ("delivery_rollup", [g for (g,) in db.execute(

@@ -21,9 +21,6 @@ __all__ = [
     "DeliveryOutcome",
     "delivery_outcomes",
     "effective_status",
-    "has_rollups",
-    "has_unsent_indexes",
-    "has_verdicts",
     "liveness_params",
     "lost_enqueues",
     "outcome_of",
@@ -105,37 +102,6 @@ def outcome_of(d: str) -> str:
         ELSE {_outcome_if_latest("l")}
     END""")
 
-
-def _applied(db: sqlite_utils.Database, *names: str) -> bool:
-    try:
-        (n,) = db.execute(
-            "SELECT COUNT(*) FROM _sqlite_migrations WHERE migration_set = 'otel_delivery' "
-            f"AND name IN ({', '.join('?' * len(names))})",
-            names,
-        ).fetchone()
-    except sqlite3.OperationalError:
-        return False
-    return bool(n == len(names))
-
-
-def has_rollups(db: sqlite_utils.Database) -> bool:
-    """Whether the store has the rollups and ``reply_pending`` (schema m005, m006).
-
-    A store opened read-only is not upgraded; its queries scan instead.
-    """
-    return _applied(db, "m005_summary_rollups", "m006_reply_pending")
-
-
-def has_unsent_indexes(db: sqlite_utils.Database) -> bool:
-    """Whether the store has ``undelivered``'s covering indexes and ``split_deliveries``
-    (schema m007)."""
-    return _applied(db, "m007_undelivered_indexes")
-
-
-def has_verdicts(db: sqlite_utils.Database) -> bool:
-    """Whether the store keeps ``undelivered``'s verdicts on its pending runs (schema
-    m009)."""
-    return _applied(db, "m009_undelivered_verdicts")
 
 
 def liveness_params(
@@ -292,7 +258,7 @@ def trace_delivery_outcomes(
     other traces is read again, whole, by delivery.
 
     ``undelivered_traces=True`` promises that no attempt of those traces delivered
-    (they are ``reply_pending`` runs' traces) on a store with :func:`has_unsent_indexes`:
+    (they are ``reply_pending`` runs' traces):
     the attempts are then read from ``idx_attempts_unsent`` alone, and
     ``split_deliveries`` says which deliveries to read again.
     """

@@ -34,7 +34,6 @@ __all__ = [
     "AttemptFinder",
     "ReceiptRates",
     "failed_after_accept",
-    "has_receipts",
     "receipt_rates",
     "receipts_of_traces",
     "unmatched_receipts",
@@ -90,19 +89,10 @@ _ATTEMPT_OF = """(SELECT x.id FROM attempts x WHERE x.channel = {r}.channel
     ORDER BY x.status = 'delivered' DESC, x.id DESC LIMIT 1)"""
 
 
-def has_receipts(db: sqlite_utils.Database) -> bool:
-    """Whether the store has the receipts table (schema m010); a store of an older
-    schema opened read-only has none, and has no receipts to report."""
-    return bool(db.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'receipts'"
-    ).fetchone())
-
 
 def receipts_of_traces(db: sqlite_utils.Database, params: dict[str, Any]) -> list[dict[str, Any]]:
     """Every receipt of a message an attempt of the traces :traces (a JSON array) sent,
     with that attempt's delivery and number, oldest first."""
-    if not has_receipts(db):
-        return []
     return rows(
         db,
         f"""SELECT r.*, a.delivery_id, a.attempt, a.span_id AS attempt_span
@@ -143,8 +133,6 @@ class ReceiptRates:
 def receipt_rates(db: sqlite_utils.Database, since_ms: int) -> list[ReceiptRates]:
     """Per channel, the messages with a receipt at or after ``since_ms`` (from the
     receipts' time index): delivered or read at some point, read, and failed now."""
-    if not has_receipts(db):
-        return []
     found = db.execute(
         """SELECT channel, COUNT(*), SUM(d), SUM(rd), SUM(failed_now) FROM (
             SELECT r.channel, r.provider_message_id,
@@ -167,8 +155,6 @@ def receipt_rates(db: sqlite_utils.Database, since_ms: int) -> list[ReceiptRates
 def failed_after_accept(db: sqlite_utils.Database, since_ms: int) -> list[dict[str, Any]]:
     """Messages the API accepted (an attempt with their provider id delivered) whose
     latest receipt, with a failed receipt at or after ``since_ms``, says failed."""
-    if not has_receipts(db):
-        return []
     failed_lately = (
         "receipts r WHERE r.id IN (SELECT f2.id FROM receipts f JOIN receipts f2 "
         "ON f2.channel = f.channel AND f2.provider_message_id = f.provider_message_id "
@@ -188,8 +174,6 @@ def failed_after_accept(db: sqlite_utils.Database, since_ms: int) -> list[dict[s
 
 def unmatched_receipts(db: sqlite_utils.Database, since_ms: int) -> int:
     """Receipts at or after ``since_ms`` for a message no attempt in the store sent."""
-    if not has_receipts(db):
-        return 0
     (n,) = db.execute(
         """SELECT COUNT(*) FROM receipts r WHERE r.at_ms >= :since AND NOT EXISTS (
             SELECT 1 FROM attempts a WHERE a.channel = r.channel

@@ -42,7 +42,6 @@ __all__ = [
     "MINUTE_MS",
     "ROLLUP_BACKFILL_SQL",
     "ROLLUP_TABLES_SQL",
-    "ROLLUP_TRIGGERS",
     "ROLLUP_TRIGGERS_SQL",
     "contributions",
     "decode",
@@ -273,13 +272,6 @@ END;
 """
 # Trigger names, so a re-run of the migration can replace them (with those of
 # earlier drafts of it).
-ROLLUP_TRIGGERS = (
-    "rollup_recount_bi", "attempts_rollup_ai", "attempts_rollup_ai_add", "attempts_rollup_ai_alone",
-    "attempts_rollup_ai_delivery", "attempts_rollup_bu", "attempts_rollup_bu_delivery",
-    "attempts_rollup_bu_moved", "attempts_rollup_au", "attempts_rollup_au_alone",
-    "attempts_rollup_au_delivery", "attempts_rollup_au_moved", "attempts_rollup_bd",
-    "attempts_rollup_bd_delivery", "attempts_rollup_ad", "attempts_rollup_ad_delivery",
-)
 
 # The backfill reads the attempts once, in table order, into a temporary copy with a
 # covering index by delivery: read through idx_attempts_delivery instead, a large

@@ -1,6 +1,7 @@
 """Opening a store file and keeping its schema current (``_migrations.py`` holds
-the migrations). A store that records a migration this code does not know was
-written by a newer otel-delivery, and is refused rather than guessed at.
+the migrations). A store that records a migration this code does not know is refused
+rather than guessed at: it was written by a newer otel-delivery, or by a build from
+before the baseline schema (``_migrations.py``).
 
 Every timestamp is integer Unix milliseconds (``*_at_ms``); the ``v_*`` views
 show them as ISO-8601 text for people typing SQL.
@@ -18,7 +19,7 @@ import sqlite_utils
 
 from ._fs import NotRegularFileError, check_store_path, create_private_file, open_regular
 from ._journal import journal_files
-from ._migrations import KNOWN_MIGRATIONS, SCHEMA_VERSION, migrations
+from ._migrations import KNOWN_MIGRATIONS, PRE_BASELINE_MIGRATIONS, SCHEMA_VERSION, migrations
 from ._replay import replay_orphans
 from .exceptions import (
     StoreCorruptError,
@@ -94,6 +95,12 @@ def schema_version(db: sqlite_utils.Database) -> int:
     Raises StoreVersionError when the file records migrations we do not know.
     """
     applied = [m.name for m in migrations.applied(db)]
+    if any(name in PRE_BASELINE_MIGRATIONS for name in applied):
+        raise StoreVersionError(
+            f"{_db_path(db)} was written by an earlier otel-delivery build that this one "
+            "cannot read: move it aside (e.g. rename it to *.old) and the gateway starts "
+            "a new store"
+        )
     unknown = [name for name in applied if name not in KNOWN_MIGRATIONS]
     if unknown:
         raise StoreVersionError(
@@ -101,6 +108,11 @@ def schema_version(db: sqlite_utils.Database) -> int:
             f"this version knows up to {KNOWN_MIGRATIONS[-1]}): upgrade otel-delivery to read it"
         )
     return len(applied)
+
+
+def _db_path(db: sqlite_utils.Database) -> str:
+    row = db.execute("PRAGMA database_list").fetchone()
+    return str(row[2]) if row and row[2] else "this store"
 
 
 def open_store(
@@ -156,8 +168,8 @@ def open_store(
             )
         if version < SCHEMA_VERSION:
             if readonly:
-                # An older schema is still readable by the queries that exist in it;
-                # upgrading needs a writer (any configured gateway does it).
+                # Upgrading needs a writer (any configured gateway does it);
+                # open_for_reading refuses the store until then.
                 return db
             if version == 0:
                 _make_private(p)  # an empty file someone else made: it holds rows now

@@ -20,7 +20,6 @@ from ._reading import (
     DEAD_CTE,
     DEFAULT_RETRY_WINDOW_SECONDS,
     effective_status,
-    has_rollups,
     liveness_params,
     outcome_of,
 )
@@ -103,8 +102,7 @@ def summary(
     On a current store this reads the hourly and per-minute rollups that triggers keep
     (see ``_rollups.py``), the first partial minute of the window from the rows, and
     only the deliveries with an attempt still ``started`` from the rows, since whether
-    those are interrupted depends on their writer being alive now. An older store
-    opened read-only is answered by scanning the window.
+    those are interrupted depends on their writer being alive now.
 
     >>> s = summary(open_store("deliveries.db"), since_seconds=7 * 86400)  # doctest: +SKIP
     >>> [(g.key["channel"], g.statuses["failed"]) for g in s.groups]  # doctest: +SKIP
@@ -119,12 +117,7 @@ def summary(
     check_seconds("retry_window_seconds", retry_window_seconds, allow_zero=True)
     params = {"since": start, **liveness_params(db, now, retry_window_seconds)}
     keys = _GROUP_COLUMNS[by]
-    if has_rollups(db):
-        statuses_by_key, deliveries_by_key, total_deliveries = _summary_counts(
-            db, by, params
-        )
-    else:
-        statuses_by_key, deliveries_by_key, total_deliveries = _summary_scan(db, by, params)
+    statuses_by_key, deliveries_by_key, total_deliveries = _summary_counts(db, by, params)
     if by != "channel":
         deliveries_by_key = {}
 

@@ -17,9 +17,6 @@ import sqlite_utils
 from ._arguments import check_seconds, resolve_now, window_start
 from ._reading import (
     DEFAULT_RETRY_WINDOW_SECONDS,
-    has_rollups,
-    has_unsent_indexes,
-    has_verdicts,
     liveness_params,
     rows,
 )
@@ -101,11 +98,11 @@ def undelivered(
 
     The runs are found through ``ai_runs.reply_pending`` (a partial index of the runs
     whose reply no attempt has delivered); the work then grows with the replies
-    reported, not with the store. On a store with schema m009 each run's trace comes
-    with its kept verdict (``_verdicts.py``); the traces without a current one are
-    judged here by :func:`judge_traces`, from one read of their attempts and one of
-    their failed enqueues, both from m007's small covering indexes of what did not
-    deliver.
+    reported, not with the store. Each run's trace comes with its kept verdict
+    (``_verdicts.py``); the traces without a current one are judged here by
+    :func:`judge_traces`, from one read of their attempts and one of their failed
+    enqueues, both from small covering indexes of what did not deliver
+    (``_pending.py``).
 
     >>> [i.reason for i in undelivered(db, since_seconds=86400).items]  # doctest: +SKIP
     ['no_attempt', 'enqueue_failed']
@@ -115,26 +112,14 @@ def undelivered(
     now = resolve_now(now_ms)
     start = window_start(now, since_seconds)
     params: dict[str, Any] = {"since": start, "settled": now - int(grace_seconds * 1000)}
-    fast = has_rollups(db)
-    # m007's covering indexes: every read below comes from a small index
-    covered = fast and has_unsent_indexes(db)
-    if fast:
-        # reply_pending is kept by triggers: exactly "reply_produced = 1 and no attempt
-        # of the trace delivered"; the partial index holds only those runs.
-        not_delivered = "r.reply_pending = 1"
-    else:
-        # the unary + keeps SQLite on the trace index; without statistics it would pick
-        # the status index and read every delivered row per run
-        not_delivered = """r.reply_produced = 1 AND NOT EXISTS (
-            SELECT 1 FROM attempts a WHERE a.trace_id = r.trace_id AND +a.status = 'delivered')"""
-    if covered and has_verdicts(db):
-        # m009: a trace's kept verdict, unless it waits to be judged again (or its
-        # verdict depends on liveness: reason NULL)
-        verdict = """r.verdict_reason, r.verdict_delivery_id, r.verdict_attempts,
-            r.verdict_error_type, r.verdict_error_text, r.verdict_reason IS NULL
-            OR EXISTS (SELECT 1 FROM traces_to_judge j WHERE j.trace_id = r.trace_id)"""
-    else:
-        verdict = "NULL, NULL, NULL, NULL, NULL, 1"
+    # reply_pending is kept by triggers: exactly "reply_produced = 1 and no attempt of
+    # the trace delivered"; the partial index holds only those runs.
+    not_delivered = "r.reply_pending = 1"
+    # A trace's kept verdict, unless it waits to be judged again (or its verdict
+    # depends on liveness: reason NULL).
+    verdict = """r.verdict_reason, r.verdict_delivery_id, r.verdict_attempts,
+        r.verdict_error_type, r.verdict_error_text, r.verdict_reason IS NULL
+        OR EXISTS (SELECT 1 FROM traces_to_judge j WHERE j.trace_id = r.trace_id)"""
     runs = db.execute(
         f"""SELECT r.trace_id, r.inbound_id, r.channel,
                   COALESCE(r.ended_at_ms, r.started_at_ms) AS at_ms, {verdict}
@@ -155,7 +140,7 @@ def undelivered(
     # verdicts that depend on liveness.
     runs = [(*run[:9], run[9] or run[4] == "pending_retry") for run in runs]
     liveness = liveness_params(db, now, retry_window_seconds)
-    judged = judge_traces(db, {run[0] for run in runs if run[9]}, liveness, covered=covered)
+    judged = judge_traces(db, {run[0] for run in runs if run[9]}, liveness, covered=True)
     items: list[UndeliveredItem] = []
     for trace_id, inbound_id, channel, at_ms, *stored, live in runs:
         reason, delivery_id, attempts, error_type, error_text = (

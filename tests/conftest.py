@@ -120,3 +120,28 @@ def hanging_endpoint() -> Iterator[str]:
     for conn in accepted:
         conn.close()
     listener.close()
+
+
+@pytest.fixture
+def next_migration(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Makes this build's schema one migration newer than the baseline (an index on
+    ``receipts.recorded_at_ms``), so a store created before the fixture ran, or with
+    ``next_migration`` undone, is an older store that a writer must upgrade. Returns
+    the new migration's name."""
+    from sqlite_utils.migrations import Migrations
+
+    from local_store import _migrations, _schema
+
+    name = "m002_receipts_recorded"
+    newer = Migrations(_migrations.MIGRATION_SET)
+    newer._migrations = list(_migrations.migrations._migrations)
+
+    @newer(name=name)
+    def _add_index(db: Any) -> None:
+        db.execute("CREATE INDEX idx_receipts_recorded ON receipts (recorded_at_ms)")
+
+    known = (*_migrations.KNOWN_MIGRATIONS, name)
+    monkeypatch.setattr(_schema, "migrations", newer)
+    monkeypatch.setattr(_schema, "KNOWN_MIGRATIONS", known)
+    monkeypatch.setattr(_schema, "SCHEMA_VERSION", len(known))
+    return name

@@ -187,3 +187,21 @@ class StoreBuilder:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def undelivered_judged_now(db: Any, **kwargs: Any) -> Any:
+    """``local_store.undelivered(db, **kwargs)`` with every pending reply judged when
+    asked instead of read from its kept verdict: the answer the kept verdicts must
+    give. The store is left as it was."""
+    from local_store import undelivered
+
+    db.execute("SAVEPOINT judged_now")
+    try:
+        db.execute(
+            "INSERT INTO traces_to_judge (trace_id) SELECT trace_id FROM ai_runs "
+            "WHERE reply_pending = 1 ON CONFLICT DO NOTHING"
+        )
+        return undelivered(db, **kwargs)
+    finally:
+        db.execute("ROLLBACK TO judged_now")
+        db.execute("RELEASE judged_now")

@@ -10,7 +10,6 @@ import datetime as dt
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import slack_sdk.errors
@@ -20,8 +19,6 @@ from aiogram.methods import SendMessage
 from slack_sdk.web.slack_response import SlackResponse
 
 import otel_delivery
-from local_store import open_store
-from local_store._migrations import _VIEWS_SQL, KNOWN_MIGRATIONS, migrations
 from otel_delivery import arg, default_classifier, retry_after_seconds
 from otel_delivery._chat_libraries import classify_library_error
 
@@ -216,31 +213,3 @@ def test_the_hint_is_on_the_span_and_in_the_store(traced: Traced) -> None:
         for s in traced.spans("deliver")
     }
     assert hints == {"flood": 12.0, "blocked": None, "ok": None}
-
-
-def test_a_store_from_before_the_column_is_upgraded_and_keeps_its_rows(tmp_path: Path) -> None:
-    path = tmp_path / "d.db"
-    db = open_store(path, create=True)
-    db.execute(
-        "INSERT INTO attempts (delivery_id, attempt, trace_id, span_id, status, started_at_ms) "
-        "VALUES ('old', 1, 't', 's', 'delivered', 1)"
-    )
-    # Make it the store an otel-delivery without m004 wrote (with m002's views).
-    db.execute("DROP VIEW v_failures")
-    db.execute("DROP VIEW v_attempts")
-    db.execute("ALTER TABLE attempts DROP COLUMN retry_after_seconds")
-    for statement in _VIEWS_SQL.split(";"):
-        if "VIEW v_attempts" in statement or "VIEW v_failures" in statement:
-            db.execute(statement)
-    db.execute("DELETE FROM _sqlite_migrations WHERE name >= 'm004_retry_after'")
-    db.conn.commit()
-    db.close()
-
-    db = open_store(path, create=True)
-    assert [m.name for m in migrations.applied(db)] == list(KNOWN_MIGRATIONS)
-    assert "retry_after_seconds" in db["attempts"].columns_dict
-    rows = list(db.query("SELECT delivery_id, retry_after_seconds FROM attempts"))
-    assert rows == [{"delivery_id": "old", "retry_after_seconds": None}]
-    rows = list(db.query("SELECT delivery_id, retry_after_seconds FROM v_attempts"))
-    assert rows == [{"delivery_id": "old", "retry_after_seconds": None}]
-    db.close()

@@ -340,17 +340,16 @@ def _digest(path: Path) -> str:
     )).hexdigest()
 
 
-def test_readers_never_write_and_refuse_a_store_that_needs_the_writer(store: Path) -> None:
+def test_readers_never_write_and_refuse_a_store_that_needs_the_writer(
+    store: Path, request: pytest.FixtureRequest
+) -> None:
     before = _digest(store)
     for command in (["summary"], ["failures"], ["interrupted"], ["health"],
                     ["undelivered"], ["trace", "--delivery", "d-retry"]):
         CliRunner().invoke(main, [*command, "--store", str(store)])
     assert _digest(store) == before
     # An older schema: readers refuse it, in one line, and say what to run.
-    conn = sqlite3.connect(store)
-    conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm010_receipts'")
-    conn.commit()
-    conn.close()
+    request.getfixturevalue("next_migration")
     older = _digest(store)
     result = CliRunner().invoke(main, ["summary", "--store", str(store)])
     assert result.exit_code == 1

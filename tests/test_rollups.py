@@ -24,16 +24,13 @@ from typing import Any
 import pytest
 import sqlite_utils
 
-import local_store._health
-import local_store._migrations as migrations_module
-import local_store._summary
-import local_store._undelivered
 from local_store import health, open_store, prune, summary, undelivered
 from local_store._pending import VERDICT_COLUMNS
-from local_store._reading import has_rollups, liveness_params
+from local_store._reading import liveness_params
 from local_store._rescue import DEFAULT_STALE_AFTER_MS, rescue_interrupted
 from local_store._rollups import ROLLUP_BACKFILL_SQL
 from local_store._verdicts import judge_traces, refresh_verdicts
+from tests.store_builder import undelivered_judged_now
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -220,43 +217,30 @@ def _as_reference(s: Any) -> dict[str, Any]:
     }
 
 
-def _scanning(monkeypatch: pytest.MonkeyPatch) -> Any:
-    class Scan:
-        def __enter__(self) -> None:
-            for module in (local_store._summary, local_store._undelivered, local_store._health):
-                monkeypatch.setattr(module, "has_rollups", lambda db: False)
-
-        def __exit__(self, *exc: object) -> None:
-            monkeypatch.undo()
-
-    return Scan()
-
-
 def check(db: sqlite_utils.Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert has_rollups(db)
     for since_ms in WINDOWS:
         since_seconds = since_ms / 1000
         for by in ("channel", "error", "status"):
             fast = summary(db, since_seconds=since_seconds, by=by, now_ms=NOW)
             assert _as_reference(fast) == reference_summary(db, by, fast.window_start_ms), (
                 by, since_ms)
-            with _scanning(monkeypatch):
-                scanned = summary(db, since_seconds=since_seconds, by=by, now_ms=NOW)
-            assert fast == scanned
         fast_u = undelivered(db, since_seconds=since_seconds, now_ms=NOW)
+        assert undelivered_judged_now(db, since_seconds=since_seconds, now_ms=NOW) == fast_u
+        # health's attempts and failures by channel are summary's (checked above)
+        by_channel = summary(db, since_seconds=since_seconds, by="channel", now_ms=NOW)
         fast_h = health(db, since_seconds=since_seconds, now_ms=NOW)
-        with _scanning(monkeypatch):
-            assert undelivered(db, since_seconds=since_seconds, now_ms=NOW) == fast_u
-            assert health(db, since_seconds=since_seconds, now_ms=NOW) == fast_h
+        assert sorted(((c["channel"], c["attempts"], c["failed"]) for c in fast_h.channels),
+                      key=str) == sorted(
+            ((g.key["channel"], g.attempts, g.statuses["failed"]) for g in by_channel.groups
+             if g.attempts), key=str)
     check_verdicts(db)
     # Judged now, every pending trace's verdict is kept, and the answers stay the same.
     _judge(db)
     assert db.execute("SELECT COUNT(*) FROM traces_to_judge").fetchone()[0] == 0
     check_verdicts(db)
     for since_ms in WINDOWS:
-        with _scanning(monkeypatch):
-            scanned_u = undelivered(db, since_seconds=since_ms / 1000, now_ms=NOW)
-        assert undelivered(db, since_seconds=since_ms / 1000, now_ms=NOW) == scanned_u
+        judged_now = undelivered_judged_now(db, since_seconds=since_ms / 1000, now_ms=NOW)
+        assert undelivered(db, since_seconds=since_ms / 1000, now_ms=NOW) == judged_now
     # reply_pending is exactly its definition.
     wrong = db.execute(
         "SELECT COUNT(*) FROM ai_runs r WHERE r.reply_pending IS NOT (r.reply_produced IS 1 "
@@ -386,54 +370,6 @@ def test_rollups_answer_as_the_rows_do(
     prune(db, older_than_seconds=86400, keep_failed_for_seconds=86400, max_attempts=40,
           now_ms=NOW)
     check(db, monkeypatch)
-    db.close()
-
-
-def test_an_older_store_gets_rollups_and_pending_runs_on_upgrade(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "d.db"
-    db = open_store(path, create=True)
-    # Make it a store from before m005: no triggers, no rollups, no column.
-    for (name,) in db.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'trigger'"
-    ).fetchall():
-        db.execute(f"DROP TRIGGER {name}")
-    db.execute("DROP TABLE attempt_rollup")
-    db.execute("DROP TABLE delivery_rollup")
-    db.execute("DROP TABLE rollup_recount")
-    db.execute("DROP INDEX idx_runs_pending_trace")
-    db.execute("DROP INDEX idx_attempts_unsent")
-    db.execute("DROP INDEX idx_enqueues_failed_trace")
-    db.execute("DROP TABLE split_deliveries")
-    db.execute("DROP TABLE traces_to_judge")
-    db.execute("DROP INDEX idx_runs_pending_verdict")
-    for column in VERDICT_COLUMNS:
-        db.execute(f"ALTER TABLE ai_runs DROP COLUMN {column}")
-    db.execute("ALTER TABLE ai_runs DROP COLUMN reply_pending")
-    db.execute("DELETE FROM _sqlite_migrations WHERE name IN "
-               "('m005_summary_rollups', 'm006_reply_pending', 'm007_undelivered_indexes', "
-               "'m009_undelivered_verdicts')")
-    db.conn.commit()
-    _populate(db, random.Random(9), deliveries=120)
-    db.close()
-
-    # Read-only, it is not upgraded and the queries scan.
-    ro = open_store(path, readonly=True)
-    assert not has_rollups(ro)
-    before = summary(ro, since_seconds=7 * 86400, now_ms=NOW)
-    before_u = undelivered(ro, since_seconds=7 * 86400, now_ms=NOW)
-    ro.close()
-
-    # The upgrade judges every pending trace (in slices of 7 here).
-    monkeypatch.setattr(migrations_module, "_JUDGE_SLICE", 7)
-    db = open_store(path, create=True)
-    monkeypatch.undo()
-    assert db.execute("SELECT COUNT(*) FROM traces_to_judge").fetchone()[0] == 0
-    assert db.execute("SELECT COUNT(*) FROM ai_runs WHERE reply_pending = 1").fetchone()[0] > 7
-    check(db, monkeypatch)
-    assert summary(db, since_seconds=7 * 86400, now_ms=NOW) == before
-    assert undelivered(db, since_seconds=7 * 86400, now_ms=NOW) == before_u
     db.close()
 
 

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from local_store import SCHEMA_VERSION, StoreVersionError, StoreWriter, open_store
+from local_store import (
+    SCHEMA_VERSION,
+    StoreUpgradeNeededError,
+    StoreVersionError,
+    StoreWriter,
+    open_for_reading,
+    open_store,
+)
 from local_store._migrations import KNOWN_MIGRATIONS, migrations
 
 
@@ -50,14 +57,60 @@ def test_schema_version_is_recorded_and_newer_stores_are_refused(tmp_path: Path)
     writer.close(timeout_seconds=0.1)
 
 
-def test_an_older_store_is_upgraded_in_place(tmp_path: Path) -> None:
+def test_an_older_store_is_upgraded_in_place(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    open_store(tmp_path / "d.db", create=True).close()  # the baseline schema
+    newer = request.getfixturevalue("next_migration")
+    with pytest.raises(StoreUpgradeNeededError, match="otel-delivery upgrade"):
+        open_for_reading(tmp_path / "d.db")
     db = open_store(tmp_path / "d.db", create=True)
-    # Simulate a store written before the last migration.
-    db.execute("DELETE FROM _sqlite_migrations WHERE name = ?", [KNOWN_MIGRATIONS[-1]])
+    assert [m.name for m in migrations.applied(db)] == [*KNOWN_MIGRATIONS, newer]
+    assert "idx_receipts_recorded" in {i.name for i in db["receipts"].indexes}
+    db.close()
+    open_for_reading(tmp_path / "d.db").close()
+
+
+def _pre_baseline_store(path: Path) -> None:
+    """A store as the builds before the baseline left it: their migration names."""
+    db = open_store(path, create=True)
+    db.execute("DELETE FROM _sqlite_migrations")
+    for name in ("m001_initial", "m002_views", "m010_receipts"):
+        db.execute(
+            "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+            "VALUES ('otel_delivery', ?, '2026-11-01')", [name]
+        )
     db.conn.commit()
     db.close()
-    db = open_store(tmp_path / "d.db", create=True)
+
+
+def test_a_store_from_before_the_baseline_is_refused_in_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from otel_delivery.cli import main
+
+    path = tmp_path / "old.db"
+    _pre_baseline_store(path)
+    for opener in (open_store, open_for_reading):
+        with pytest.raises(StoreVersionError, match="earlier otel-delivery build"):
+            opener(path)
+    for command in (["summary"], ["failures"], ["health"], ["upgrade"]):
+        result = CliRunner().invoke(main, [*command, "--store", str(path)])
+        assert result.exit_code == 1, command
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+        assert str(path) in lines[0] and "move it aside" in lines[0], lines[0]
+    # What the line says works: moved aside, a writer starts a new store there.
+    path.rename(tmp_path / "old.db.old")
+    writer = StoreWriter(path)
+    writer.submit("ai_runs", {"trace_id": "t", "span_id": "s", "status": "ok",
+                              "started_at_ms": 1})
+    assert writer.flush()
+    writer.close()
+    db = open_for_reading(path)
     assert [m.name for m in migrations.applied(db)] == list(KNOWN_MIGRATIONS)
+    assert db["ai_runs"].count == 1
+    db.close()
 
 
 def test_undelivered_view_probes_attempts_by_trace(tmp_path: Path) -> None:

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import sqlite_utils
 
-import local_store._undelivered
 from local_store import StoreWriter, open_store, undelivered
 from local_store._verdicts import refresh_verdicts
+from tests.store_builder import undelivered_judged_now
 
 # 52 weeks before 1.8e12 (same weekday and time of day), and in the past: the writer
 # sets a time more than 5 minutes ahead of its clock back to now (issue 15).
@@ -58,9 +58,7 @@ def _run(db: sqlite_utils.Database, trace: str) -> None:
 def _reasons(db: sqlite_utils.Database, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """undelivered's reasons by trace, checked against the same query scanning."""
     kept = undelivered(db, since_seconds=86400, now_ms=NOW)
-    with monkeypatch.context() as m:
-        m.setattr(local_store._undelivered, "has_rollups", lambda db: False)
-        assert undelivered(db, since_seconds=86400, now_ms=NOW) == kept
+    assert undelivered_judged_now(db, since_seconds=86400, now_ms=NOW) == kept
     return {i.trace_id: (i.reason, i.attempts) for i in kept.items if i.source == "ai_run"}
 
 

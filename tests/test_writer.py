@@ -193,7 +193,8 @@ def test_waiting_on_another_process_does_not_hold_our_lock(writer: StoreWriter) 
 
 @pytest.mark.parametrize("journal", [True, False])
 def test_the_callers_thread_never_upgrades_an_older_store(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, journal: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
+    journal: bool,
 ) -> None:
     from local_store import _schema
 
@@ -201,10 +202,8 @@ def test_the_callers_thread_never_upgrades_an_older_store(
     first = StoreWriter(path, service="old")
     first.start_attempt(attempt(1))
     first.close()
-    # Make it a store from before the last migration (migrations can run again).
-    with sqlite3.connect(path) as conn:
-        conn.execute("DELETE FROM _sqlite_migrations WHERE name = ?",
-                     (_schema.KNOWN_MIGRATIONS[-1],))
+    # This build's schema is one migration newer than the store's.
+    request.getfixturevalue("next_migration")
     upgraded_on: list[str] = []
     real_migrate = _schema._migrate
 
@@ -224,5 +223,5 @@ def test_the_callers_thread_never_upgrades_an_older_store(
         assert w.start_attempt(attempt(3)) == 1
     finally:
         w.close()
-    assert count(path, "SELECT COUNT(*) FROM _sqlite_migrations") == len(_schema.KNOWN_MIGRATIONS)
+    assert count(path, "SELECT COUNT(*) FROM _sqlite_migrations") == _schema.SCHEMA_VERSION
     assert count(path, "SELECT COUNT(*) FROM attempts") == 3
