@@ -1,6 +1,6 @@
 """Derived data kept by triggers, so the operator's questions do not scan the store.
 
-Two rollups answer ``summary`` and ``health`` (schema m005):
+Two rollups answer ``summary`` and ``health``:
 
 ``attempt_rollup``
     Attempts counted by time bucket, channel, status and (for failed attempts) error

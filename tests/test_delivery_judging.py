@@ -3,7 +3,7 @@ of its attempts; here they are checked against the statement they replaced (one 
 probe per test per delivery, in SQL) on randomised stores: retries, deliveries whose
 attempts are in several traces, dead writers' ``started`` rows, ties in attempt number,
 and values of the wrong type written by hand. The traces with no delivered attempt
-are also judged as ``undelivered`` judges them, from ``idx_attempts_unsent`` (m007).
+are also judged as ``undelivered`` judges them, from ``idx_attempts_unsent`` (``_pending.py``).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def _check(db: sqlite_utils.Database, rng: random.Random) -> None:
         assert [tuple(vars(d).values()) for d in delivery_outcomes(db, targets, params)] == expected
         assert trace_delivery_outcomes(db, params) == expected
     # The traces with no delivered attempt (reply_pending runs' traces), as undelivered
-    # reads them on a store with m007: from idx_attempts_unsent, in index order.
+    # reads them: from idx_attempts_unsent, in index order.
     unsent = sorted(t for (t,) in db.execute(
         "SELECT DISTINCT trace_id FROM attempts a WHERE NOT EXISTS (SELECT 1 FROM attempts "
         "d WHERE d.trace_id = a.trace_id AND d.status = 'delivered')"

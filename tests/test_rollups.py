@@ -4,11 +4,11 @@ Randomised stores (retries, channels that change between attempts, NULL keys,
 dead writers' ``started`` rows, rescues, outcomes written without a start row, AI
 runs written before, between and after their trace's attempts, deletes and prunes)
 are checked three ways after every step: ``summary`` against a computation in plain
-Python from the rows; ``summary``, ``undelivered`` and ``health`` against the same
-functions answering by scanning the rows (as for a store opened read-only before
-m005); and the rollup tables against a rebuild from scratch. The verdicts kept on
-pending runs (m009) are judged at random points and checked after every step against
-judging them now, before and after the waiting traces are judged.
+Python from the rows; ``health``'s counts by channel against ``summary``'s, and
+``undelivered`` against itself with every pending reply judged when asked; and the
+rollup tables against a rebuild from scratch. The verdicts kept on pending runs are
+judged at random points and checked after every step against judging them now,
+before and after the waiting traces are judged.
 """
 
 from __future__ import annotations
@@ -375,7 +375,7 @@ def test_rollups_answer_as_the_rows_do(
 
 @pytest.mark.parametrize("analyzed", [False, True])
 def test_undelivered_reads_only_its_covering_indexes(tmp_path: Path, analyzed: bool) -> None:
-    """The point of m007: whatever the planner knows (prune runs ANALYZE), undelivered
+    """Whatever the planner knows (prune runs ANALYZE), undelivered
     reads its runs, attempts and failed enqueues from the small covering indexes, never
     from the tables or the full-size indexes."""
     db = open_store(tmp_path / "d.db", create=True)

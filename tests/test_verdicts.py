@@ -1,4 +1,4 @@
-"""The verdicts ``undelivered`` keeps for pending replies (schema m009, ``_verdicts.py``).
+"""The verdicts ``undelivered`` keeps for pending replies (``_verdicts.py``).
 
 test_rollups checks them on randomised stores; these are the cases a random store
 rarely makes: a delivery that moves between traces after its first trace was judged,

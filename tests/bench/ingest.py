@@ -14,7 +14,7 @@ be told apart from a bound: for 3a, the OpenTelemetry SDK alone making the same 
 of spans (a plain tracer, ten attributes each, a ``BatchSpanProcessor`` with a
 discarding exporter, no store); for 3b, the same rows all through the queue without
 the journal (no attempt numbers, no appends), which is what the attempt path costs.
-3b's rounds also time the raw rows into a store without schema m009's triggers (the
+3b's rounds also time the raw rows into a store without the verdict triggers (the
 queue of traces whose undelivered verdict must be judged again), which every writer
 pays, the raw baseline included.
 
@@ -192,7 +192,7 @@ def run_ingest(
         return (time.perf_counter() - t0) / len(rows)
 
     raw_b, raw_b_conn = _raw_sample(workdir / "ingest-raw-b.db", make)
-    # What m009's triggers (undelivered's verdict queue) cost every writer, raw included.
+    # What the verdict triggers (undelivered's verdict queue) cost every writer, raw included.
     raw_c, raw_c_conn = _raw_sample(workdir / "ingest-raw-c.db", make,
                                     without_triggers=VERDICT_TRIGGERS)
     try:
@@ -213,7 +213,7 @@ def run_ingest(
         "in the background), as the processor; all rows queued without the journal: "
         "{ceiling_rate:,.0f} rows/s, "
         "{ceiling_ratio:.2f}× raw; the raw rows take "
-        f"{verdicts_cost:.2f}× as long with m009's verdict triggers as without; "
+        f"{verdicts_cost:.2f}× as long with the verdict triggers as without; "
         + _losses(extra["writer_stats"], ""),
     ))
     return results, extra
