@@ -6,6 +6,7 @@ read them back with the query functions here, the ``otel-delivery`` CLI, or plai
 
 from __future__ import annotations
 
+from ._compact import CompactResult, compact
 from ._durations import format_duration, parse_duration
 from ._failures import failures, interrupted
 from ._health import MISUSE_REASONS, HealthReport, health
@@ -53,6 +54,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SUMMARY_GROUPINGS",
     "AttemptFinder",
+    "CompactResult",
     "DeliveryOutcome",
     "HealthReport",
     "InvalidArgumentError",
@@ -73,6 +75,7 @@ __all__ = [
     "TraceStory",
     "UndeliveredItem",
     "UndeliveredReport",
+    "compact",
     "failures",
     "format_duration",
     "health",

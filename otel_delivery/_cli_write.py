@@ -34,6 +34,9 @@ __all__ = ["prune", "upgrade"]
 @click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
 @click.option("--batch-size", type=int, default=500, show_default=True,
               help="Most rows per delete transaction (fewer when deletes are slow).")
+@click.option("--compact", is_flag=True,
+              help="Then rewrite the file so it shrinks by the share deleted (needs free "
+                   "disk about twice the store; holds the write lock ~10 s per GB).")
 @store_and_json
 def prune(
     store: str | None,
@@ -43,6 +46,7 @@ def prune(
     max_attempts: int | None,
     dry_run: bool,
     batch_size: int,
+    compact: bool,
 ) -> None:
     """Delete old rows in small batches, keeping failures longer, then give the
     space back. Safe to run while the gateway writes.
@@ -53,13 +57,19 @@ def prune(
     """
     older = seconds("--older-than", older_than)
     keep = seconds("--keep-failed-for", keep_failed_for)
+    if compact and dry_run:
+        raise click.UsageError("--compact and --dry-run: a dry run changes nothing to compact")
+    path = resolve_store_path(store)
+    compacted = None
     with opened_for_writing(store) as db:
         result = local_store.prune(
             db, older_than_seconds=older, keep_failed_for_seconds=keep,
             max_attempts=max_attempts, dry_run=dry_run, batch_size=batch_size,
         )
+        if compact:
+            compacted = local_store.compact(db, path)
     if as_json:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), "compact": compacted and compacted.to_dict()})
         return
     counts = ", ".join(f"{table} {n}" for table, n in result.deleted.items())
     if result.dry_run:
@@ -70,6 +80,11 @@ def prune(
         f"space: {result.page_count_before} -> {result.page_count_after} pages "
         f"({result.pages_freed} freed)"
     )
+    if compacted:
+        click.echo(
+            f"compacted: {compacted.bytes_before:,} -> {compacted.bytes_after:,} bytes "
+            f"in {compacted.seconds:.1f} s"
+        )
 
 
 @click.command(short_help="Upgrade the store and commit what stopped writers left.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import sqlite_utils
 
 from local_store import (
     InvalidArgumentError,
+    StoreError,
     StoreWriter,
+    compact,
     open_store,
     prune,
     readonly_query,
@@ -343,3 +346,119 @@ def test_warming_reads_touch_every_full_index_of_the_table(builder: StoreBuilder
     for sql in _warming_reads(db, "inbound_messages", "1"):  # plain reads that run
         db.execute(sql, {"ids": "[1, 2]"}).fetchall()
     db.close()
+
+
+# -- compact: the documented step that gives back the share pruned -------------------
+
+
+def _gateway_traffic(path: Path, messages: int, *, start_ms: int, step_ms: int) -> None:
+    """What a gateway writes per message, with random trace, span and delivery ids
+    (so index pages are shared by old and new rows, as in a real store)."""
+    import uuid
+
+    writer = StoreWriter(path, service="gateway")
+    for i in range(messages):
+        at = start_ms + i * step_ms
+        trace = uuid.uuid4().hex
+        run_span, attempt_span = uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]
+        writer.submit("inbound_messages", {
+            "trace_id": trace, "span_id": uuid.uuid4().hex[:16], "inbound_id": f"in-{i}",
+            "channel": "telegram", "status": "ok", "received_at_ms": at, "ended_at_ms": at + 2})
+        writer.submit("ai_runs", {
+            "trace_id": trace, "span_id": run_span, "inbound_id": f"in-{i}", "channel": "telegram",
+            "status": "ok", "reply_produced": 1, "started_at_ms": at + 3, "ended_at_ms": at + 900})
+        row = {"delivery_id": uuid.uuid4().hex, "trace_id": trace, "span_id": attempt_span,
+               "parent_span_id": run_span, "channel": "telegram", "recipient": f"telegram:{i}",
+               "started_at_ms": at + 901}
+        writer.start_attempt(row)
+        writer.end_attempt({**row, "status": "delivered", "ended_at_ms": at + 950,
+                            "provider_message_id": f"pm-{i}"})
+    assert writer.flush(30)
+    writer.close()
+
+
+def test_compact_gives_back_the_share_pruned(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    now = int(time.time() * 1000)
+    # 3 000 messages 40 to 20 days ago, one every 10 minutes: prune takes the older half.
+    _gateway_traffic(path, 3000, start_ms=now - 40 * DAY * 1000, step_ms=20 * DAY * 1000 // 3000)
+    db = open_store(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = path.stat().st_size
+    result = prune(db, older_than_seconds=30 * DAY, keep_failed_for_seconds=30 * DAY, now_ms=now)
+    assert result.deleted["attempts"] == 1500
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    after_prune = path.stat().st_size
+    compacted = compact(db, path)
+    assert path.with_name("d.db-wal").stat().st_size == 0
+    db.close()
+    assert compacted.bytes_before == after_prune
+    assert compacted.bytes_after == path.stat().st_size
+    given_back = 1 - compacted.bytes_after / before
+    # Half the rows went; the file gives back half of itself, within 5 points.
+    assert abs(given_back - 0.5) <= 0.05, (before, after_prune, compacted)
+    # The rows kept are all there, and the store works as before.
+    assert count(path, "attempts") == 1500
+    assert count(path, "ai_runs") == 1500
+    assert readonly_query(path, "SELECT COUNT(*) FROM v_attempts")[1] == [(1500,)]
+    db = open_store(path)
+    assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
+
+
+def test_compact_while_a_gateway_writes_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    now = int(time.time() * 1000)
+    _gateway_traffic(path, 1500, start_ms=now - 40 * DAY * 1000, step_ms=60_000)
+    db = open_store(path)
+    prune(db, older_than_seconds=30 * DAY, keep_failed_for_seconds=30 * DAY, now_ms=now)
+    done = threading.Event()
+    live = threading.Thread(
+        target=lambda: (_gateway_traffic(path, 300, start_ms=now, step_ms=1000), done.set()))
+    live.start()
+    compact(db, path)
+    live.join(60)
+    assert done.is_set()
+    db.close()
+    assert count(path, "attempts") == 300
+    assert count(path, "drops") == 0
+
+
+def test_compact_refuses_to_start_without_the_space_it_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import local_store._compact as compacting
+
+    path = tmp_path / "d.db"
+    _gateway_traffic(path, 50, start_ms=int(time.time() * 1000), step_ms=1000)
+    real = os.statvfs(tmp_path)
+
+    class Full:
+        f_bavail, f_frsize = 1, real.f_frsize
+
+    monkeypatch.setattr(compacting.os, "statvfs", lambda p: Full())
+    db = open_store(path)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=r"needs about .* free next to it"):
+        compact(db, path)
+    db.close()
+    assert path.read_bytes() == before
+
+
+def test_the_cli_compacts_after_pruning_and_refuses_compact_with_dry_run(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from otel_delivery.cli import main
+
+    path = tmp_path / "d.db"
+    _gateway_traffic(path, 200, start_ms=1_000_000, step_ms=1000)  # 1970: all old
+    args = ["prune", "--store", str(path), "--older-than", "30d", "--keep-failed-for", "30d"]
+    refused = CliRunner().invoke(main, [*args, "--compact", "--dry-run"])
+    assert refused.exit_code == 2 and "--compact" in refused.output
+    result = CliRunner().invoke(main, [*args, "--compact"])
+    assert result.exit_code == 0, result.output
+    assert "compacted: " in result.output
+    assert count(path, "attempts") == 0
