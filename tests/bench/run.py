@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from local_store import SCHEMA_VERSION, open_store
+from local_store import SCHEMA_VERSION, StoreVersionError, open_store
 from local_store._schema import schema_version
 
 from .timing import Result
@@ -78,11 +78,16 @@ def build_store(
         info = json.loads(marker.read_text())
         # A store cached by an older schema is upgraded here, as a gateway's writer would
         # upgrade it, and the time that takes is reported; never measured un-migrated.
-        migrated = _upgrade(path)
-        if migrated is not None:
-            info["migrations"] = [*info.get("migrations", []), migrated]
-            marker.write_text(json.dumps(info))
-        return path, int(info["end_ms"]), {**info, "cached": True, "migrated": migrated}
+        # One from before the baseline schema has no upgrade: it is built again.
+        try:
+            migrated = _upgrade(path)
+        except StoreVersionError as exc:
+            log(f"  cached {path.name} cannot be used ({exc}): building it again")
+        else:
+            if migrated is not None:
+                info["migrations"] = [*info.get("migrations", []), migrated]
+                marker.write_text(json.dumps(info))
+            return path, int(info["end_ms"]), {**info, "cached": True, "migrated": migrated}
     for suffix in ("", "-wal", "-shm"):
         Path(str(path) + suffix).unlink(missing_ok=True)
     end_ms = time.time_ns() // 1_000_000
