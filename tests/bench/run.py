@@ -283,6 +283,10 @@ def _num(value: float | None, unit: str) -> str:
         return f"{value:,.2f} ms" if value < 10 else f"{value:,.1f} ms"
     if unit == "MB":
         return f"{value:,.0f} MB"
+    if unit == "share":
+        return f"{value:.1%}"
+    if unit == "B":
+        return f"{value:,.0f} B"
     return f"{value:,.1f} {unit}"
 
 
