@@ -1,8 +1,12 @@
-"""The rows the store is written with: each table's columns, and the SQL for attempts.
+"""The rows the store is written with: each table's columns, and the SQL of each kind.
 
-Shared by :class:`~local_store.StoreWriter` and the replay of its journal
-(``_journal.py``), so a row replayed after a crash is written exactly as the writer
-would have written it.
+A row travels as ``(kind, row)``: ``kind`` is a table (``inbound_messages``,
+``ai_runs``, ``enqueues``, ``receipts``) or one half of an attempt
+(``attempts:start``, ``attempts:end``). :data:`KIND_SQL` and :func:`row_params` are
+shared by the indexer (``_indexer.py``) and the replay of a dead writer's journal
+(``_replay.py``), so a row replayed after a crash is written exactly as the writer
+would have written it. Every statement can be run twice for the same span and leave
+one row: a journal line committed just before its process died is replayed again.
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
-    "DROP_SQL", "END_SQL", "INSERT_SQL", "OUTCOME_COLUMNS", "START_BATCH_SQL", "START_SQL",
-    "TABLE_COLUMNS", "attempt_params",
+    "DROP_SQL", "END_SQL", "INSERT_SQL", "KIND_SQL", "OUTCOME_COLUMNS", "START_BATCH_SQL",
+    "START_SQL", "TABLE_COLUMNS", "attempt_params", "row_params", "table_of",
 ]
 
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -69,13 +73,22 @@ END_SQL = (
     "ON CONFLICT(span_id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in OUTCOME_COLUMNS)
 )
+# A span's row is written once: these tables have no unique key on the span, so the
+# insert looks for it (by trace_id, which is indexed) and writes nothing if it is there.
 INSERT_SQL = {
-    table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    table: f"INSERT INTO {table} ({', '.join(cols)}) SELECT {', '.join('?' * len(cols))} "
+    f"WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE trace_id = ? AND span_id = ?)"
     for table, cols in TABLE_COLUMNS.items()
-    if table != "attempts"
+    if table not in ("attempts", "receipts")
 }
 # A webhook retried by the platform brings the same receipt again: one row.
-INSERT_SQL["receipts"] += " ON CONFLICT DO NOTHING"
+_RECEIPT_COLS = TABLE_COLUMNS["receipts"]
+INSERT_SQL["receipts"] = (
+    f"INSERT INTO receipts ({', '.join(_RECEIPT_COLS)}) "
+    f"VALUES ({', '.join('?' * len(_RECEIPT_COLS))}) ON CONFLICT DO NOTHING"
+)
+# The statement that writes each kind of row.
+KIND_SQL = {"attempts:start": START_BATCH_SQL, "attempts:end": END_SQL, **INSERT_SQL}
 
 # Adds n to a drop reason's count (reason, n, first_at_ms, last_at_ms, last_error).
 DROP_SQL = (
@@ -93,4 +106,19 @@ def attempt_params(row: Mapping[str, Any]) -> list[Any]:
         params.append(row.get(c))
         if c == "attempt":
             params.append(row.get("delivery_id"))
+    return params
+
+
+def table_of(kind: str) -> str:
+    """The table a kind of row goes to: ``attempts:end`` -> ``attempts``."""
+    return kind.partition(":")[0]
+
+
+def row_params(kind: str, row: Mapping[str, Any]) -> list[Any]:
+    """The parameters of ``KIND_SQL[kind]`` for ``row``."""
+    if kind.startswith("attempts:"):
+        return attempt_params(row)
+    params = [row.get(c) for c in TABLE_COLUMNS[kind]]
+    if kind != "receipts":
+        params += (row.get("trace_id"), row.get("span_id"))
     return params
