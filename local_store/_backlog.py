@@ -70,14 +70,15 @@ class Backlog:
             segment = self.journal.append(kind, row)
             if segment is None:
                 self.count_locked("unjournaled", 1, None, lost=False)
-                self._log.warning(
-                    "unjournaled", "otel-delivery cannot write its journal beside %s; rows "
-                    "are kept in memory until committed, and lost if the process dies first",
-                    self.journal.store,
-                )
             self.rows.append((kind, row, segment))
             self.poke(False)
-            return True
+        if segment is None:
+            self._log.warning(
+                "unjournaled", "otel-delivery cannot write its journal beside %s; rows are "
+                "kept in memory until committed, and lost if the process dies first",
+                self.journal.store,
+            )
+        return True
 
     def _pace(self) -> None:
         """Wait (holding the lock) for a commit to bring the queue under half."""

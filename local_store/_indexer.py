@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from ._backlog import Backlog, Drops, Queued
+from ._forkgate import GATE
 from ._numbers import AttemptNumbers
 from ._ratelimit import RateLimitedLog
 from ._rows import DROP_SQL, KIND_SQL, OUTCOME_COLUMNS, row_params
@@ -41,6 +42,8 @@ BATCH_HOLD_SECONDS = 0.015
 _BUSY_TRY_SECONDS = 0.02
 _BUSY_GIVE_UP_SECONDS = 5.0
 _OPEN_TIMEOUT_SECONDS = 5.0
+# The longest the lock is left free between two batches when rows wait.
+_GAP_SECONDS = 0.005
 
 
 class _StoreBusy(Exception):
@@ -274,11 +277,17 @@ class Indexer:
             self.upkeep.wrote()
             if more:
                 self.upkeep.maybe_checkpoint()
+                # Other processes writing the store wait for its lock in SQLite's busy
+                # handler, which polls: leave the lock free between batches long enough
+                # for a poll to find it, or a busy writer here would starve them.
+                time.sleep(min(held, _GAP_SECONDS))
 
     def _write_locked(self, taken: list[Queued], drops: Drops) -> float:
         """Write one batch holding our lock; return how long it was held."""
         batch = [(kind, row) for kind, row, _ in taken]
         refused: list[str] = []
+        if self.conn is None:
+            self.backlog.stall()  # opening may wait on another process, or upgrade
         with self.lock:
             started = time.monotonic()
             try:
@@ -312,10 +321,7 @@ class Indexer:
         SQLite refuses is skipped and described in ``refused``."""
         if self.conn is not None and self.store.replaced(self._identity):
             self.close_connection()
-        conn = self.conn
-        if conn is None:
-            self.backlog.stall()  # opening may wait on another process, or upgrade
-            conn = self._open(_OPEN_TIMEOUT_SECONDS)
+        conn = self.conn if self.conn is not None else self._open(_OPEN_TIMEOUT_SECONDS)
         by_kind: dict[str, list[dict[str, Any]]] = {}
         for kind, row in merge_attempts(batch):
             if kind.startswith("attempts:") and row.get("writer_id") is None:
@@ -348,11 +354,10 @@ class Indexer:
 
     # -- the end ------------------------------------------------------------------------
 
-    @gated
     def finish(self) -> None:
         """Mark this writer ended in the store (its attempts still open never finished)
         and let go of the connection. After :meth:`stop`."""
-        with self.lock:
+        with self.lock, GATE:
             conn = self.conn
             if conn is not None and not self.store.replaced(self._identity) \
                     and self.store.writer_id is not None:

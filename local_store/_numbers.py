@@ -2,9 +2,9 @@
 
 A start row without an ``attempt`` gets one more than the delivery's attempts so far:
 those in the store (read through a read-only-use connection of its own) and those
-this process has journaled but the indexer has not committed yet. The caller holds
-:attr:`AttemptNumbers.lock` from numbering a row until it is journaled (or given up),
-so two starts of one delivery never take the same number.
+this process has queued but the indexer has not committed yet. A number is noted as
+pending under :attr:`AttemptNumbers.lock` as it is handed out, so two starts of one
+delivery never take the same one.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class AttemptNumbers:
         self._identity: FileIdentity | None = None
         self._checked = 0.0  # monotonic time the connection's file was last checked
 
-    def number(self, row: dict[str, Any]) -> tuple[str, int | None] | None:
+    def number(self, row: dict[str, Any]) -> tuple[str, int, int | None] | None:
         """Give ``row`` its number if it has none, and note it as pending (hold
         :attr:`lock`). Returns what :meth:`give_back` needs to undo that, or None."""
         found = row.get("delivery_id")
@@ -51,16 +51,19 @@ class AttemptNumbers:
         before = self._pending.get(delivery_id)
         if isinstance(number, int) and number > (before or 0):
             self._pending[delivery_id] = number
-            return delivery_id, before
+            return delivery_id, number, before
         return None
 
-    def give_back(self, taken: tuple[str, int | None] | None) -> None:
-        """Undo :meth:`number` for a row that was not kept (hold :attr:`lock`)."""
+    def give_back(self, taken: tuple[str, int, int | None] | None) -> None:
+        """Undo :meth:`number` for a row that was not kept, unless a later start of the
+        delivery took a higher number meanwhile (hold :attr:`lock`)."""
         if taken is None:
             return
-        delivery_id, before = taken
+        delivery_id, number, before = taken
+        if self._pending.get(delivery_id) != number:
+            return
         if before is None:
-            self._pending.pop(delivery_id, None)
+            del self._pending[delivery_id]
         else:
             self._pending[delivery_id] = before
 

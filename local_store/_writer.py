@@ -189,9 +189,11 @@ class StoreWriter:
                 built["writer_id"] = parts.store.writer_id
             with parts.numbers.lock:
                 taken = parts.numbers.number(built)
-                if not parts.backlog.put("attempts:start", built):
+            # Outside the lock: a paced wait here must not hold up other threads' starts.
+            if not parts.backlog.put("attempts:start", built):
+                with parts.numbers.lock:
                     parts.numbers.give_back(taken)  # the number goes back unused
-                    return None
+                return None
             number = built.get("attempt")
             return number if isinstance(number, int) else None
         except Exception as exc:
