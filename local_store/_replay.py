@@ -28,7 +28,7 @@ from typing import Any
 
 from ._fs import open_regular, read_bounded
 from ._journal import HEADER, SQL, journal_files, same_file
-from ._rows import DROP_SQL, row_params, table_of
+from ._rows import DROP_SQL, REPLAY_SQL, row_params, table_of
 from ._values import clean_row, missing_required
 
 __all__ = ["BAD_JOURNAL_LINE", "MAX_JOURNAL_BYTES", "quarantine_path", "replay_orphans"]
@@ -163,7 +163,7 @@ def _apply(conn: sqlite3.Connection, data: bytes, path: Path, store: Path) -> in
     try:
         for kind, row, line in rows:
             try:
-                conn.execute(SQL[kind], row_params(kind, row))
+                conn.execute(REPLAY_SQL[kind], row_params(kind, row, replay=True))
                 written += 1
             except sqlite3.Error as exc:
                 if isinstance(exc, sqlite3.OperationalError) and _store_problem(exc):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -11,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from local_store import StoreWriter
+from local_store import StoreWriter, open_store
 from local_store import _indexer as I
-from local_store._journal import journal_files
+from local_store._journal import HEADER, journal_files
 
 
 @pytest.fixture
@@ -82,12 +83,28 @@ def test_submit_never_raises(writer: StoreWriter) -> None:
     assert count(writer.path, "SELECT COUNT(*) FROM ai_runs") == 1
 
 
-def test_a_row_recorded_twice_is_written_once(writer: StoreWriter) -> None:
-    # A journal line committed just before its process died is replayed again.
-    for _ in range(2):
-        writer.submit("inbound_messages", inbound(1))
-        assert writer.flush()
-    assert count(writer.path, "SELECT COUNT(*) FROM inbound_messages") == 1
+def test_a_replayed_line_already_committed_leaves_one_row(tmp_path: Path) -> None:
+    # A process killed after the indexer's commit, before its journal was emptied.
+    store = tmp_path / "store.db"
+    rows = [
+        ["inbound_messages", inbound(1)],
+        ["ai_runs", {"trace_id": "a" * 32, "span_id": "b" * 16, "status": "ok",
+                     "started_at_ms": 1}],
+        ["enqueues", {"trace_id": "a" * 32, "span_id": "c" * 16, "status": "ok",
+                      "started_at_ms": 2}],
+        ["receipts", {"channel": "slack", "provider_message_id": "m1", "status": "delivered",
+                      "at_ms": 3, "recorded_at_ms": 3}],
+    ]
+    writer = StoreWriter(store)
+    for kind, row in rows:
+        writer.submit(kind, row)
+    writer.close()
+    lines = b"".join(json.dumps(line).encode() + b"\n" for line in rows)
+    Path(f"{store}-journal-999999-0000abcd").write_bytes(HEADER + lines)
+    open_store(store).close()  # replays it
+    assert journal_files(store) == []
+    for table in ("inbound_messages", "ai_runs", "enqueues", "receipts"):
+        assert count(store, f"SELECT COUNT(*) FROM {table}") == 1
 
 
 def test_a_producer_that_outruns_the_store_is_slowed_not_dropped(tmp_path: Path) -> None:
