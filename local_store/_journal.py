@@ -1,12 +1,12 @@
-"""A per-process file that keeps queued attempt rows through a SIGKILL.
+"""A per-process file that keeps every row through a SIGKILL until it is committed.
 
-An attempt's rows (its start before the send, its outcome after) are not committed
-on the caller's thread: a SQLite commit costs a hundred microseconds or more, and
-may wait for the write lock. Each is appended here as one JSON line, a single
-``write(2)`` to the page cache of a few microseconds, and then queued for the
-background thread, which commits it with others. So a process killed mid-send, or
-between a send and the commit of its outcome, leaves its rows in its journal, not
-nowhere.
+A row is never committed on the caller's thread: a SQLite commit costs a hundred
+microseconds or more, and may wait for the write lock. Each row (an inbound message,
+an AI run, an enqueue, a receipt, an attempt's start before the send and its outcome
+after) is appended here as one JSON line ``[kind, row]``, a single ``write(2)`` to the
+page cache of a few microseconds, before the decorated call returns; then the
+indexer (``_indexer.py``) commits it with others. So a process killed at any point
+leaves every row it recorded in its journal, not nowhere.
 
 Each writer appends to files named ``<store>-journal-<pid>-<token>`` beside the
 store (eight hex digits of token), each starting with the line :data:`HEADER`,
@@ -16,8 +16,8 @@ has been committed (or counted as lost), and emptied when every row it holds is
 committed. :func:`~local_store._replay.replay_orphans` commits the rows of
 files that no living process holds (and touches no file without that exact name
 and first line): ``open_store`` runs it for every writable open
-(a gateway's background writer, any CLI command, prune), so after a crash the
-outcomes are in the store before anyone reads it through us.
+(a gateway's indexer, any CLI command, prune), so after a crash the
+rows are in the store before anyone reads it through us.
 
 The journal survives what SQLite's ``synchronous = NORMAL`` survives: a killed
 process, not a power cut.
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ._fs import open_regular
-from ._rows import END_SQL, START_BATCH_SQL
+from ._rows import KIND_SQL
 
 __all__ = [
     "HEADER", "SQL", "Journal", "JournalSegment", "is_journal_name", "journal_files", "same_file",
@@ -50,13 +50,14 @@ __all__ = [
 # (A file whose rows are all committed is emptied at once; this bounds it under load.)
 SEGMENT_BYTES = 1024 * 1024
 # After a failed append (read-only or full disk, store directory gone), the next try
-# waits this long: the rows meanwhile take the synchronous path.
+# waits this long: the rows meanwhile are queued in memory only (counted as
+# ``unjournaled``).
 _RETRY_AFTER_SECONDS = 1.0
 # One encoder for every line (json.dumps with arguments builds a new one per call);
 # rows are flat, so the check for circular references is skipped.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 # The kinds of row a journal holds, and the SQL that writes each.
-SQL = {"attempts:start": START_BATCH_SQL, "attempts:end": END_SQL}
+SQL = KIND_SQL
 # The first line of every journal file: with the exact name, what tells a file we
 # made from a copy, a backup or anything else that happens to match a glob.
 HEADER = b'["otel-delivery-journal",1]\n'
@@ -116,7 +117,7 @@ class Journal:
         """Write ``row`` to the journal; None if it could not be (the caller then writes
         it some other way). Pass the returned segment to :meth:`done` once committed."""
         if kind not in SQL:
-            raise ValueError(f"the journal keeps attempt rows only, not {kind!r}")
+            raise ValueError(f"the journal keeps no rows of kind {kind!r}")
         if time.monotonic() < self._retry_at:
             return None
         try:

@@ -28,7 +28,7 @@ from typing import Any
 
 from ._fs import open_regular, read_bounded
 from ._journal import HEADER, SQL, journal_files, same_file
-from ._rows import DROP_SQL, attempt_params
+from ._rows import DROP_SQL, REPLAY_SQL, row_params, table_of
 from ._values import clean_row, missing_required
 
 __all__ = ["BAD_JOURNAL_LINE", "MAX_JOURNAL_BYTES", "quarantine_path", "replay_orphans"]
@@ -87,8 +87,8 @@ def _parse(
         return None, "unknown kind of row"
     if not isinstance(row, dict):
         return None, "row is not an object"
-    problems = clean_row("attempts", row, now_ms)
-    missing = missing_required("attempts", row)
+    problems = clean_row(table_of(kind), row, now_ms)
+    missing = missing_required(table_of(kind), row)
     if missing:
         return None, f"no usable {', '.join(missing)}"
     return (kind, row, problems), ""
@@ -98,10 +98,10 @@ def replay_orphans(conn: sqlite3.Connection, store: str | os.PathLike[str]) -> i
     """Commit the rows of the store's journal files that no living process holds, then
     delete the files; return how many rows were written.
 
-    Replaying twice writes the same rows (a start row already there is kept; an
+    Replaying twice writes the same rows (a row already there is kept; an attempt's
     outcome is set again to itself). A line cut short at the end (a full disk
-    mid-append) is skipped: its row was written the synchronous way when the append
-    failed. Raises ``sqlite3.Error`` only if the store is busy or cannot be written:
+    mid-append) is skipped: its row was queued in memory when the append failed.
+    Raises ``sqlite3.Error`` only if the store is busy or cannot be written:
     the files then stay for the next try.
     """
     written = 0
@@ -163,7 +163,7 @@ def _apply(conn: sqlite3.Connection, data: bytes, path: Path, store: Path) -> in
     try:
         for kind, row, line in rows:
             try:
-                conn.execute(SQL[kind], attempt_params(row))
+                conn.execute(REPLAY_SQL[kind], row_params(kind, row, replay=True))
                 written += 1
             except sqlite3.Error as exc:
                 if isinstance(exc, sqlite3.OperationalError) and _store_problem(exc):

@@ -1,8 +1,13 @@
-"""The rows the store is written with: each table's columns, and the SQL for attempts.
+"""The rows the store is written with: each table's columns, and the SQL of each kind.
 
-Shared by :class:`~local_store.StoreWriter` and the replay of its journal
-(``_journal.py``), so a row replayed after a crash is written exactly as the writer
-would have written it.
+A row travels as ``(kind, row)``: ``kind`` is a table (``inbound_messages``,
+``ai_runs``, ``enqueues``, ``receipts``) or one half of an attempt
+(``attempts:start``, ``attempts:end``). :data:`KIND_SQL` and :func:`row_params` are
+used by the indexer (``_indexer.py``), and :data:`REPLAY_SQL` (the same statements,
+with a guard where a table has no unique key on the span) by the replay of a dead
+writer's journal (``_replay.py``), so a row replayed after a crash is written exactly
+as the writer would have written it, and once: a journal line committed just before
+its process died is replayed again.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
-    "DROP_SQL", "END_SQL", "INSERT_SQL", "OUTCOME_COLUMNS", "START_BATCH_SQL", "START_SQL",
-    "TABLE_COLUMNS", "attempt_params",
+    "DROP_SQL", "END_SQL", "INSERT_SQL", "KIND_SQL", "OUTCOME_COLUMNS", "REPLAY_SQL",
+    "START_BATCH_SQL", "START_SQL", "TABLE_COLUMNS", "attempt_params", "row_params",
+    "table_of",
 ]
 
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -76,6 +82,22 @@ INSERT_SQL = {
 }
 # A webhook retried by the platform brings the same receipt again: one row.
 INSERT_SQL["receipts"] += " ON CONFLICT DO NOTHING"
+# The statement that writes each kind of row.
+KIND_SQL = {"attempts:start": START_BATCH_SQL, "attempts:end": END_SQL, **INSERT_SQL}
+# The same, for a replay: a journal line may have been committed just before its
+# process died. Tables without a unique key on the span get a guard that finds the
+# row (by trace_id, which is indexed: a few rows per trace) and writes nothing then.
+# The live indexer never writes a row twice, so it does not pay for the guard.
+_GUARDED = frozenset({"inbound_messages", "ai_runs", "enqueues"})
+REPLAY_SQL = {
+    **KIND_SQL,
+    **{
+        table: f"INSERT INTO {table} ({', '.join(TABLE_COLUMNS[table])}) "
+        f"SELECT {', '.join('?' * len(TABLE_COLUMNS[table]))} "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE trace_id = ? AND span_id = ?)"
+        for table in _GUARDED
+    },
+}
 
 # Adds n to a drop reason's count (reason, n, first_at_ms, last_at_ms, last_error).
 DROP_SQL = (
@@ -93,4 +115,19 @@ def attempt_params(row: Mapping[str, Any]) -> list[Any]:
         params.append(row.get(c))
         if c == "attempt":
             params.append(row.get("delivery_id"))
+    return params
+
+
+def table_of(kind: str) -> str:
+    """The table a kind of row goes to: ``attempts:end`` -> ``attempts``."""
+    return kind.partition(":")[0]
+
+
+def row_params(kind: str, row: Mapping[str, Any], *, replay: bool = False) -> list[Any]:
+    """The parameters of ``KIND_SQL[kind]`` (``REPLAY_SQL[kind]`` with ``replay``)."""
+    if kind.startswith("attempts:"):
+        return attempt_params(row)
+    params = [row.get(c) for c in TABLE_COLUMNS[kind]]
+    if replay and kind in _GUARDED:
+        params += (row.get("trace_id"), row.get("span_id"))
     return params

@@ -58,7 +58,7 @@ def _resolve_traces(db: sqlite_utils.Database, selector: str, value: str) -> lis
             "OR EXISTS (SELECT 1 FROM enqueues WHERE trace_id = :v)"
         )
     # The indexed lookup answers almost always. The unindexed fallbacks cover a process
-    # that died mid-message: its attempts were committed on the hot path, but the
+    # that died mid-message: its attempts were journaled before each send, but the
     # inbound row (written when the handler returns) never was. They run only when the
     # indexed lookup found nothing, so an interactive miss costs one scan at most.
     if selector == "inbound_id":

@@ -223,7 +223,6 @@ def configure(
     error_text_limit: int = ERROR_TEXT_LIMIT,
     max_queue: int | None = None,
     hot_path_timeout_seconds: float | None = None,
-    journal: bool = True,
     shutdown_timeout_seconds: float = _DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
     keep_delivered_for_seconds: float | None = DEFAULT_KEEP_DELIVERED_FOR_SECONDS,
     keep_failed_for_seconds: float | None = DEFAULT_KEEP_FAILED_FOR_SECONDS,
@@ -241,10 +240,10 @@ def configure(
       and set globally. ``OTEL_SDK_DISABLED=true`` turns everything off.
     * ``pseudonymize_key`` (or ``$OTEL_DELIVERY_PSEUDONYM_KEY``): recipients and
       senders are replaced by a keyed hash on spans and in the store.
-    * ``journal``: attempt rows go to a per-process journal file on the caller's
-      thread and are committed in the background (see ``local_store._journal``);
-      ``False`` commits them on the caller's thread, so they are in the store when
-      the call returns, at the price of a commit (or two) per send.
+    * Every row (inbound, AI run, enqueue, receipt, an attempt's start and outcome) is
+      appended to a per-process journal file before the decorated call returns, and
+      committed by a background thread (see ``local_store._writer``): a process killed
+      at any point loses nothing it recorded.
     * Retention: a background thread prunes the store by age about once an hour
       (the first time a minute after start, in a child process): delivered attempts older than
       ``keep_delivered_for_seconds`` (30 days), failures older than
@@ -300,7 +299,7 @@ def configure(
                 if hot_path_timeout_seconds is not None:
                     writer_kwargs["hot_path_timeout_seconds"] = hot_path_timeout_seconds
                 writer = StoreWriter(
-                    store_path, service=str(service) if service else None, journal=journal,
+                    store_path, service=str(service) if service else None,
                     **writer_kwargs,
                 )
                 counters.sink = lambda reason, n, err: writer.count_drop(reason, n, error=err)

@@ -1,17 +1,17 @@
 """The span processor that mirrors our spans into the local store.
 
 This is the one module that knows both the span shape (``_attributes``) and the
-row shape (``local_store``). A deliver span's row is committed in ``on_start``,
-before the send runs, and its outcome in ``on_end``; inbound, AI-run and enqueue
-spans are handed to the store's background writer as they end, which builds their
-rows on its own thread (an ended span no longer changes).
+row shape (``local_store``). A deliver span's row is recorded in ``on_start``, before
+the send runs, and its outcome in ``on_end``; inbound, AI-run, enqueue and receipt
+spans are recorded as they end. "Recorded" means appended to the writer's journal on
+this thread, so the row outlives a SIGKILL the moment the decorated call returns; the
+writer's background thread commits it (``local_store._writer``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from functools import partial
 from typing import Any
 
 from opentelemetry.context import Context
@@ -97,15 +97,13 @@ class StoreSpanProcessor(SpanProcessor):
                         row["trace_id"], row["span_id"],
                     )
             elif kind == A.KIND_INBOUND:
-                self.writer.submit_lazy(
-                    "inbound_messages", partial(self._inbound_row, span, attributes)
-                )
+                self.writer.submit("inbound_messages", self._inbound_row(span, attributes))
             elif kind == A.KIND_AI_RUN:
-                self.writer.submit_lazy("ai_runs", partial(self._run_row, span, attributes))
+                self.writer.submit("ai_runs", self._run_row(span, attributes))
             elif kind == A.KIND_ENQUEUE:
-                self.writer.submit_lazy("enqueues", partial(self._enqueue_row, span, attributes))
+                self.writer.submit("enqueues", self._enqueue_row(span, attributes))
             elif kind == A.KIND_RECEIPT:
-                self.writer.submit_lazy("receipts", partial(self._receipt_row, span, attributes))
+                self.writer.submit("receipts", self._receipt_row(span, attributes))
         except Exception as exc:
             self.counters.add("processor_error", 1, repr(exc)[:200])
 

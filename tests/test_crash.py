@@ -123,8 +123,8 @@ def test_store_problems_never_reach_the_gateway(tmp_path: Path) -> None:
         assert time.monotonic() - started < 5
         assert t.handle.force_flush(timeout_seconds=0.2) is False
         stats = t.handle.stats()
-        assert stats["store.deferred"] == 100  # every start and end row, held for retry
-        assert stats["store.queued"] == 100
+        assert stats["store.queued"] == 100  # every start and end row, held for retry
+        assert stats["store.unjournaled"] == 100  # ...in memory only: no journal there
     finally:
         t.handle.shutdown(timeout_seconds=0.5)
 
@@ -156,9 +156,9 @@ def test_a_row_sqlite_cannot_bind_is_dropped_and_counted_not_retried_forever(
         good = {"delivery_id": "good", "attempt": 1, "trace_id": "t" * 32,
                 "span_id": "a" * 16, "status": "delivered", "started_at_ms": 2}
         writer.end_attempt(odd)
-        writer.end_attempt(poison)  # on the hot path
+        writer.end_attempt(poison)
         writer.submit("ai_runs", {"trace_id": "t", "span_id": "s", "status": "ok",
-                                  "started_at_ms": 2**80})  # in a batch
+                                  "started_at_ms": 2**80})
         writer.submit("ai_runs", {"trace_id": "t", "span_id": "s2", "status": "ok",
                                   "started_at_ms": 3})
         writer.end_attempt(good)
@@ -175,3 +175,66 @@ def test_a_row_sqlite_cannot_bind_is_dropped_and_counted_not_retried_forever(
         conn.close()
     finally:
         writer.close()
+
+
+REPLY_CHILD = """
+import os, signal, sys
+import otel_delivery
+from otel_delivery import arg
+
+store = sys.argv[1]
+otel_delivery.configure(service_name="gw-killed", store=store)
+
+@otel_delivery.ai_run(agent="bot")
+def run(text):
+    return "the reply to " + text
+
+@otel_delivery.inbound(channel="telegram", inbound_id=arg("msg.id"))
+def on_message(msg):
+    return run(msg["text"])
+
+assert on_message({"id": "in-1", "text": "hello"}) == "the reply to hello"
+# Killed the moment the handler returns: no flush interval has passed, nothing has
+# been committed, and the reply was never enqueued.
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_sigkill_right_after_a_run_keeps_its_inbound_and_run_rows(tmp_path: Path) -> None:
+    store = tmp_path / "d.db"
+    proc = subprocess.run([sys.executable, "-c", REPLY_CHILD, str(store)],
+                          capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+    # Nothing reached the store; both rows are in the dead process's journal.
+    conn = sqlite3.connect(store)
+    assert conn.execute("SELECT COUNT(*) FROM ai_runs").fetchone() == (0,)
+    assert conn.execute("SELECT COUNT(*) FROM inbound_messages").fetchone() == (0,)
+    conn.close()
+    [journal] = journal_files(store)
+    text = journal.read_bytes()
+    assert b'["inbound_messages",' in text and b'["ai_runs",' in text
+
+    # The next writable open (a restarted gateway, `otel-delivery upgrade`) commits them.
+    open_store(store).conn.close()
+    assert journal_files(store) == []
+    conn = sqlite3.connect(store)
+    assert conn.execute(
+        "SELECT inbound_id, channel, status FROM inbound_messages").fetchall() == [
+        ("in-1", "telegram", "ok")]
+    assert conn.execute(
+        "SELECT agent, status, reply_produced FROM ai_runs").fetchall() == [("bot", "ok", 1)]
+    conn.close()
+
+    # ...and `undelivered` shows the reply the crash kept from its user.
+    cli = subprocess.run(
+        [sys.executable, "-m", "otel_delivery", "undelivered", "--store", str(store),
+         "--since", "1d", "--grace", "0s", "--json"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
+    report = json.loads(cli.stdout)
+    assert report["replies"] == 1
+    assert [(i["source"], i["reason"], i["inbound_id"], i["channel"])
+            for i in report["items"]] == [("ai_run", "no_attempt", "in-1", "telegram")]

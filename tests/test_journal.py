@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
 import sqlite3
@@ -39,7 +40,7 @@ KILLED_CHILD = textwrap.dedent(
     # A background thread that would not commit for an hour: every row is only in
     # the journal when the process dies, the last attempt mid-send.
     w = StoreWriter(store, flush_interval_seconds=3600)
-    w._batch_rows = 10**9
+    w._parts.indexer.batch_rows = 10**9
     for i in range(n + 1):
         row = {"delivery_id": f"d-{i}", "trace_id": f"{i:032x}", "span_id": f"{i:016x}",
                "channel": "telegram", "started_at_ms": 1000 + i, "max_attempts": 3}
@@ -87,7 +88,7 @@ def test_a_live_writers_journal_is_left_alone_and_emptied_as_it_commits(
     store = tmp_path / "d.db"
     w = StoreWriter(store, flush_interval_seconds=3600)
     try:
-        w._batch_rows = 10**9
+        w._parts.indexer.batch_rows = 10**9
         w.start_attempt(attempt(1))
         w.end_attempt({**attempt(1), "status": "delivered", "ended_at_ms": 2_000})
         [journal] = journal_files(store)
@@ -108,23 +109,47 @@ def test_a_live_writers_journal_is_left_alone_and_emptied_as_it_commits(
     assert journal_files(store) == []  # a clean close leaves no file
 
 
-@pytest.mark.parametrize("how", ["journal=False", "journal unwritable"])
-def test_without_a_journal_rows_are_committed_on_the_callers_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+def test_rows_the_journal_cannot_take_are_still_committed_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if how == "journal unwritable":
-        monkeypatch.setattr(Journal, "append", lambda self, kind, row: None)
-    w = StoreWriter(tmp_path / "d.db", flush_interval_seconds=3600,
-                    journal=how != "journal=False")
+    def full_disk(self: Journal) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Journal, "_next_segment", full_disk)
+    w = StoreWriter(tmp_path / "d.db", flush_interval_seconds=3600)
     try:
         assert w.start_attempt(attempt(1)) == 1
-        assert statuses(w.path) == {"d-1": "started"}  # no flush needed
         w.end_attempt({**attempt(1), "status": "delivered", "ended_at_ms": 2_000})
+        w.submit("inbound_messages", {"trace_id": "a" * 32, "span_id": "b" * 16,
+                                      "status": "ok", "received_at_ms": 1})
+        # Kept in memory, counted: a crash now would lose them, and stats say so.
+        assert w.stats()["unjournaled"] == 3
+        assert journal_files(w.path) == []
+        assert w.flush()
         assert statuses(w.path) == {"d-1": "delivered"}
         assert w.stats()["queued"] == 0
-        assert journal_files(w.path) == []
     finally:
         w.close()
+    # Not lost, so not in the drops table that `health` reports.
+    with sqlite3.connect(tmp_path / "d.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM inbound_messages").fetchone() == (1,)
+        assert conn.execute("SELECT COUNT(*) FROM drops").fetchone() == (0,)
+
+
+def test_rows_the_journal_cannot_take_and_close_cannot_commit_are_lost_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Journal, "append", lambda self, kind, row: None)
+    w = StoreWriter(tmp_path / "d.db", flush_interval_seconds=3600)
+    other = sqlite3.connect(w.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the store stays locked past close()
+    try:
+        w.start_attempt(attempt(1))
+        assert w.close(timeout_seconds=0.3) is False
+        assert w.stats()["lost_at_close"] == 1
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
 
 
 def test_replay_skips_a_torn_line_loses_only_a_bad_value_and_is_idempotent(
@@ -155,24 +180,24 @@ def test_replay_skips_a_torn_line_loses_only_a_bad_value_and_is_idempotent(
     db.conn.close()
 
 
-def test_a_backlog_paces_the_caller_with_synchronous_commits_instead_of_dropping(
+def test_a_backlog_wakes_the_indexer_and_paces_the_caller_instead_of_dropping(
     tmp_path: Path,
 ) -> None:
-    # A background thread that does not keep up (here: never writes on its own).
+    # An indexer that would never write on its own, and a queue of ten rows.
     w = StoreWriter(tmp_path / "d.db", max_queue=10, flush_interval_seconds=3600)
     try:
-        w._batch_rows = 10**9
-        for n in range(1, 9):
+        w._parts.indexer.batch_rows = 10**9
+        for n in range(1, 41):
             assert w.start_attempt(attempt(n)) == 1
             w.end_attempt({**attempt(n), "attempt": 1, "status": "delivered",
                            "ended_at_ms": 2_000 + n})
-        # The first rows filled half the queue (d-3's start was the fifth); the rest,
-        # from d-3's outcome on, were committed as they came.
-        assert w.stats()["queued"] == 5
+        # Once half the queue waited, each call woke the indexer and waited for its
+        # commit: the rows are in the store, none was dropped.
+        assert w.stats()["paced"] > 0
         assert "queue_full" not in w.stats()
-        assert statuses(w.path) == {f"d-{n}": "delivered" for n in range(3, 9)}
+        assert w.stats()["queued"] <= 10
         assert w.flush()
-        assert statuses(w.path) == {f"d-{n}": "delivered" for n in range(1, 9)}
+        assert statuses(w.path) == {f"d-{n}": "delivered" for n in range(1, 41)}
     finally:
         w.close()
 
@@ -181,9 +206,9 @@ def test_rows_the_full_queue_drops_do_not_pin_the_journal(tmp_path: Path) -> Non
     w = StoreWriter(tmp_path / "d.db", max_queue=5, flush_interval_seconds=3600,
                     hot_path_timeout_seconds=0.01)
     other = sqlite3.connect(w.path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")  # another process holds the store: rows are deferred
+    other.execute("BEGIN IMMEDIATE")  # another process holds the store: rows wait
     try:
-        w._batch_rows = 10**9
+        w._parts.indexer.batch_rows = 10**9
         for n in range(1, 9):
             w.start_attempt({**attempt(n), "attempt": 1})
             w.end_attempt({**attempt(n), "attempt": 1, "status": "delivered",
@@ -193,7 +218,7 @@ def test_rows_the_full_queue_drops_do_not_pin_the_journal(tmp_path: Path) -> Non
         assert w.flush()
         [journal] = journal_files(w.path)
         assert journal.read_bytes() == HEADER
-        assert w._pending_numbers == {}  # nor keep the numbers of dropped starts
+        assert w._parts.numbers._pending == {}  # nor keep the numbers of dropped starts
     finally:
         other.close()
         w.close()
@@ -203,7 +228,7 @@ def test_attempt_numbers_count_rows_not_yet_committed(tmp_path: Path) -> None:
     store = tmp_path / "d.db"
     w = StoreWriter(store, flush_interval_seconds=3600)
     try:
-        w._batch_rows = 10**9
+        w._parts.indexer.batch_rows = 10**9
         numbers = []
         for n in range(3):
             row = {**attempt(1), "span_id": f"{n:016x}"}
@@ -214,9 +239,9 @@ def test_attempt_numbers_count_rows_not_yet_committed(tmp_path: Path) -> None:
         assert w.flush()
         # Committed: the next number now comes from the store.
         assert w.start_attempt({**attempt(1), "span_id": "e" * 16}) == 4
-        assert w._pending_numbers == {"d-1": 4}
+        assert w._parts.numbers._pending == {"d-1": 4}
         assert w.flush()
-        assert w._pending_numbers == {}
+        assert w._parts.numbers._pending == {}
     finally:
         w.close()
     with sqlite3.connect(store) as conn:

@@ -217,10 +217,10 @@ def test_an_idle_writer_makes_no_sqlite_call_to_judge(tmp_path: Path) -> None:
         db.close()
         time.sleep(1.2)  # the turn after the judging one finds the queue empty
         statements: list[str] = []
-        assert writer._bg_conn is not None
-        writer._bg_conn.set_trace_callback(statements.append)
+        assert writer._parts.indexer.conn is not None
+        writer._parts.indexer.conn.set_trace_callback(statements.append)
         time.sleep(2.5)  # two more turns
-        writer._bg_conn.set_trace_callback(None)
+        writer._parts.indexer.conn.set_trace_callback(None)
         assert statements == []
     finally:
         writer.close()

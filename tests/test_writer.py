@@ -1,31 +1,25 @@
-"""StoreWriter under its own load: lazy rows, its own batches, WAL checkpoints."""
+"""StoreWriter under its own load: one write path, pacing, its own batches, WAL checkpoints."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from local_store import StoreWriter
-from local_store import _writer as W
+from local_store import StoreWriter, open_store
+from local_store import _indexer as I
+from local_store._journal import HEADER, journal_files
 
 
 @pytest.fixture
 def writer(tmp_path: Path) -> Iterator[StoreWriter]:
     w = StoreWriter(tmp_path / "store.db", service="test")
-    yield w
-    w.close()
-
-
-@pytest.fixture
-def sync_writer(tmp_path: Path) -> Iterator[StoreWriter]:
-    """Attempt rows committed on the caller's thread (no journal): the hot path's lock."""
-    w = StoreWriter(tmp_path / "store.db", service="test", journal=False)
     yield w
     w.close()
 
@@ -42,146 +36,171 @@ def count(path: Path, sql: str) -> int:
         return int(conn.execute(sql).fetchone()[0])
 
 
-def test_lazy_rows_are_built_on_the_background_thread(writer: StoreWriter) -> None:
-    built_on: list[str] = []
+def inbound(n: int) -> dict[str, Any]:
+    return {"trace_id": f"{n:032x}", "span_id": f"{n:016x}", "channel": "slack",
+            "status": "ok", "received_at_ms": n}
 
-    def make(n: int) -> Mapping[str, Any]:
-        built_on.append(threading.current_thread().name)
-        return {"trace_id": f"{n:032x}", "span_id": f"{n:016x}", "channel": "slack",
-                "status": "ok", "received_at_ms": n}
 
-    for n in range(50):
-        writer.submit_lazy("inbound_messages", lambda n=n: make(n))
+def journaled(path: Path) -> bytes:
+    return b"".join(j.read_bytes() for j in journal_files(path))
+
+
+def test_every_kind_of_row_is_in_the_journal_when_the_call_returns(tmp_path: Path) -> None:
+    writer = StoreWriter(tmp_path / "store.db", service="test", flush_interval_seconds=3600)
+    try:
+        writer.submit("inbound_messages", inbound(1))
+        writer.submit("ai_runs", {"trace_id": "a" * 32, "span_id": "b" * 16, "status": "ok",
+                                  "started_at_ms": 1, "reply_produced": 1})
+        writer.submit("enqueues", {"trace_id": "a" * 32, "span_id": "c" * 16, "status": "ok",
+                                   "started_at_ms": 2, "delivery_id": "d-1"})
+        writer.submit("receipts", {"channel": "slack", "provider_message_id": "m1",
+                                   "status": "delivered", "at_ms": 3, "recorded_at_ms": 3})
+        assert writer.start_attempt(attempt(1)) == 1
+        writer.end_attempt({**attempt(1), "status": "delivered", "ended_at_ms": 2_000})
+        lines = journaled(writer.path).splitlines()[1:]
+        assert [line.split(b",")[0] for line in lines] == [
+            b'["inbound_messages"', b'["ai_runs"', b'["enqueues"', b'["receipts"',
+            b'["attempts:start"', b'["attempts:end"',
+        ]
+        assert count(writer.path, "SELECT COUNT(*) FROM ai_runs") == 0  # not committed yet
+        assert writer.flush()
+        for table in ("inbound_messages", "ai_runs", "enqueues", "receipts", "attempts"):
+            assert count(writer.path, f"SELECT COUNT(*) FROM {table} WHERE service = 'test'") == 1
+        assert journaled(writer.path).splitlines()[1:] == []  # committed: emptied
+    finally:
+        writer.close()
+
+
+def test_submit_never_raises(writer: StoreWriter) -> None:
+    writer.submit("attempts", inbound(1))  # attempts go through start/end_attempt
+    writer.submit("no_such_table", inbound(2))
+    writer.submit("ai_runs", None)  # type: ignore[arg-type]
+    writer.submit("ai_runs", {"trace_id": "t", "span_id": "s", "status": "ok",
+                              "started_at_ms": 1})
     assert writer.flush()
-
-    assert count(writer.path, "SELECT COUNT(*) FROM inbound_messages") == 50
-    assert set(built_on) == {"otel-delivery-store-writer"}
-    assert count(writer.path, "SELECT COUNT(*) FROM inbound_messages WHERE service = 'test'") == 50
-
-
-def test_a_lazy_row_that_cannot_be_built_is_counted_and_the_rest_written(
-    writer: StoreWriter,
-) -> None:
-    def broken() -> Mapping[str, Any]:
-        raise KeyError("no such attribute")
-
-    writer.submit_lazy("ai_runs", broken)
-    writer.submit_lazy("ai_runs", lambda: {"trace_id": "t", "span_id": "s", "status": "ok",
-                                          "started_at_ms": 1})
-    assert writer.flush()
-
+    assert writer.stats()["unwritable_row"] == 2
+    assert count(writer.path, "SELECT count FROM drops WHERE reason = 'unwritable_row'") == 2
     assert count(writer.path, "SELECT COUNT(*) FROM ai_runs") == 1
-    assert writer.stats()["unbuildable_row"] == 1
-    assert count(writer.path, "SELECT count FROM drops WHERE reason = 'unbuildable_row'") == 1
-    with pytest.raises(ValueError, match="unknown table"):
-        writer.submit_lazy("attempts", broken)
 
 
-def _hold_lock(writer: StoreWriter, seconds: float, *, as_background: bool) -> threading.Thread:
-    """Hold the writer's lock from another thread, as a background batch would."""
-    taken = threading.Event()
-
-    def hold() -> None:
-        with writer._lock:
-            if as_background:
-                writer._bg_lock_since = time.monotonic()
-            taken.set()
-            time.sleep(seconds)
-            writer._bg_lock_since = 0.0
-
-    t = threading.Thread(target=hold)
-    t.start()
-    taken.wait()
-    return t
-
-
-def test_a_long_batch_of_our_own_defers_one_row_not_the_next_second(
-    sync_writer: StoreWriter,
-) -> None:
-    writer = sync_writer
-    # Longer than the 50 ms hot-path bound, far shorter than "stuck".
-    holder = _hold_lock(writer, 0.12, as_background=True)
-    assert writer.start_attempt(attempt(1)) is None  # waited 50 ms, then deferred
-    holder.join()
-    # The lock is free again: the very next call is written on the hot path.
-    assert writer.start_attempt(attempt(2)) == 1
-    assert writer.stats()["deferred"] == 1
+def test_a_replayed_line_already_committed_leaves_one_row(tmp_path: Path) -> None:
+    # A process killed after the indexer's commit, before its journal was emptied.
+    store = tmp_path / "store.db"
+    rows = [
+        ["inbound_messages", inbound(1)],
+        ["ai_runs", {"trace_id": "a" * 32, "span_id": "b" * 16, "status": "ok",
+                     "started_at_ms": 1}],
+        ["enqueues", {"trace_id": "a" * 32, "span_id": "c" * 16, "status": "ok",
+                      "started_at_ms": 2}],
+        ["receipts", {"channel": "slack", "provider_message_id": "m1", "status": "delivered",
+                      "at_ms": 3, "recorded_at_ms": 3}],
+    ]
+    writer = StoreWriter(store)
+    for kind, row in rows:
+        writer.submit(kind, row)
+    writer.close()
+    lines = b"".join(json.dumps(line).encode() + b"\n" for line in rows)
+    Path(f"{store}-journal-999999-0000abcd").write_bytes(HEADER + lines)
+    open_store(store).close()  # replays it
+    assert journal_files(store) == []
+    for table in ("inbound_messages", "ai_runs", "enqueues", "receipts"):
+        assert count(store, f"SELECT COUNT(*) FROM {table}") == 1
 
 
-def test_a_background_thread_stuck_on_the_store_opens_the_circuit(
-    sync_writer: StoreWriter,
-) -> None:
-    writer = sync_writer
-    # The background thread has held the lock for 300 ms when the call gives up:
-    # it is waiting on another process, so later calls skip the wait for a while.
-    holder = _hold_lock(writer, 0.35, as_background=True)
-    time.sleep(0.25)
-    t0 = time.monotonic()
-    assert writer.start_attempt(attempt(1)) is None
-    holder.join()
-    assert writer.start_attempt(attempt(2)) is None
-    assert time.monotonic() - t0 < 0.3  # only the first call waited
-    assert writer.stats()["deferred"] == 2
+def test_a_producer_that_outruns_the_store_is_slowed_not_dropped(tmp_path: Path) -> None:
+    # A queue of 40 rows, and an indexer that would only wake every 10 s on its own:
+    # without pacing, 5,000 rows in a tight loop would overflow it almost at once.
+    writer = StoreWriter(tmp_path / "store.db", max_queue=40, flush_interval_seconds=10)
+    try:
+        for n in range(5_000):
+            writer.submit("inbound_messages", inbound(n))
+        stats = writer.stats()
+        assert stats.get("paced", 0) > 0
+        assert "queue_full" not in stats
+        assert stats["queued"] <= 40
+        assert writer.flush()
+    finally:
+        writer.close()
+    assert count(tmp_path / "store.db", "SELECT COUNT(*) FROM inbound_messages") == 5_000
+
+
+def test_a_stuck_store_costs_one_paced_wait_then_the_queue_bound(tmp_path: Path) -> None:
+    writer = StoreWriter(tmp_path / "store.db", max_queue=100, hot_path_timeout_seconds=0.05)
+    other = sqlite3.connect(writer.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the store for long
+    try:
+        t0 = time.monotonic()
+        for n in range(300):
+            writer.submit("inbound_messages", inbound(n))
+        elapsed = time.monotonic() - t0
+        stats = writer.stats()
+        # At most one call waited (until the indexer found the store locked); the
+        # others went on at once, until the queue bound, past which rows are counted.
+        assert stats["paced"] <= 1
+        assert stats["queue_full"] == 200
+        assert elapsed < 0.5, elapsed
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
     assert writer.flush()
-    assert count(writer.path, "SELECT COUNT(*) FROM attempts") == 2
+    writer.close()
+    assert count(tmp_path / "store.db", "SELECT COUNT(*) FROM inbound_messages") == 100
+    assert count(tmp_path / "store.db", "SELECT count FROM drops WHERE reason = 'queue_full'") \
+        == 200
 
 
 def test_batches_shrink_to_their_lock_time_and_grow_back(writer: StoreWriter) -> None:
-    writer._batch_rows = W._BATCH_SIZE
-    writer._adapt_batch(W._BATCH_SIZE, W._BATCH_HOLD_SECONDS * 4)
-    assert writer._batch_rows == W._BATCH_SIZE // 4
-    writer._adapt_batch(writer._batch_rows, 30.0)
-    assert writer._batch_rows == W._MIN_BATCH
+    indexer = writer._parts.indexer
+    indexer.batch_rows = I.BATCH_SIZE
+    indexer._adapt_batch(I.BATCH_SIZE, I.BATCH_HOLD_SECONDS * 4)
+    assert indexer.batch_rows == I.BATCH_SIZE // 4
+    indexer._adapt_batch(indexer.batch_rows, 30.0)
+    assert indexer.batch_rows == I.MIN_BATCH
     for _ in range(20):
-        writer._adapt_batch(writer._batch_rows, 0.0001)
-    assert writer._batch_rows == W._BATCH_SIZE
+        indexer._adapt_batch(indexer.batch_rows, 0.0001)
+    assert indexer.batch_rows == I.BATCH_SIZE
 
 
-def test_commits_on_the_callers_thread_never_checkpoint(sync_writer: StoreWriter) -> None:
-    writer = sync_writer
+def test_commits_never_checkpoint_on_their_own(writer: StoreWriter) -> None:
     writer.start_attempt(attempt(1))
-    conn = writer._hot_conn
+    assert writer.flush()
+    conn = writer._parts.indexer.conn
     assert conn is not None
     assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
 
 
-def test_the_background_thread_checkpoints_a_hot_path_only_writer(
-    sync_writer: StoreWriter,
-) -> None:
-    writer = sync_writer
+def test_the_indexer_checkpoints_under_steady_traffic(writer: StoreWriter) -> None:
     wal = Path(f"{writer.path}-wal")
     sizes = []
     for n in range(1, 2_001):
         writer.start_attempt(attempt(n))
         writer.end_attempt({**attempt(n), "status": "delivered", "ended_at_ms": 2_000 + n})
+        if n % 20 == 0:
+            time.sleep(0.01)  # real sends take time; the indexer commits as they go
         if n % 200 == 0:
-            time.sleep(0.05)  # give the background thread its turn, as real sends would
             sizes.append(wal.stat().st_size)
-    # 4,000 commits of several pages each make a WAL of about 70 MB; checkpoints
-    # every few hundred commits let SQLite reuse it from the start.
+    # Hundreds of commits of several pages each; checkpoints let SQLite reuse the WAL
+    # from the start instead of growing it for as long as traffic lasts.
     assert max(sizes) < 16 * 1024 * 1024, sizes
+    assert writer.flush()
     assert count(writer.path, "SELECT COUNT(*) FROM attempts WHERE status = 'delivered'") == 2_000
 
 
-def test_waiting_on_another_process_does_not_hold_our_lock(writer: StoreWriter) -> None:
+def test_callers_never_wait_while_another_process_holds_the_store(
+    writer: StoreWriter,
+) -> None:
     writer.start_attempt(attempt(1))  # the store exists and is registered
+    assert writer.flush()
     other = sqlite3.connect(writer.path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another process takes the write lock
     try:
-        for n in range(100):
-            writer.submit("inbound_messages", {"trace_id": f"{n:032x}", "span_id": f"{n:016x}",
-                                               "status": "ok", "received_at_ms": n})
-        time.sleep(0.1)  # the background thread is now waiting for the store
         waits = []
-        for _ in range(20):
+        for n in range(100):
             t0 = time.monotonic()
-            got = writer._lock.acquire(timeout=1.0)
+            writer.submit("inbound_messages", inbound(n))
             waits.append(time.monotonic() - t0)
-            assert got
-            writer._lock.release()
-            time.sleep(0.01)
-        # It tries in short turns with our lock let go in between, so a hot-path call
-        # is never queued behind its wait (it meets the busy store itself, and defers).
+            if n % 10 == 0:
+                time.sleep(0.01)  # the indexer is now waiting for the store
         assert max(waits) < 0.045, waits
     finally:
         other.execute("ROLLBACK")
@@ -191,10 +210,8 @@ def test_waiting_on_another_process_does_not_hold_our_lock(writer: StoreWriter) 
     assert not writer.stats().get("write_errors")
 
 
-@pytest.mark.parametrize("journal", [True, False])
 def test_the_callers_thread_never_upgrades_an_older_store(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
-    journal: bool,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     from local_store import _schema
 
@@ -213,13 +230,12 @@ def test_the_callers_thread_never_upgrades_an_older_store(
 
     monkeypatch.setattr(_schema, "_migrate", migrate)
 
-    w = StoreWriter(path, service="new", hot_path_cooldown_seconds=0.0, journal=journal)
+    w = StoreWriter(path, service="new")
     try:
-        # Journaled, or deferred without a number, not upgraded on the caller's thread...
-        assert w.start_attempt(attempt(2)) == (1 if journal else None)
+        # Journaled and numbered, not upgraded on the caller's thread...
+        assert w.start_attempt(attempt(2)) == 1
         assert w.flush()
-        assert upgraded_on == ["otel-delivery-store-writer"]
-        # ...and once the background thread has upgraded it, the hot path is back.
+        assert upgraded_on == ["otel-delivery-store-indexer"]
         assert w.start_attempt(attempt(3)) == 1
     finally:
         w.close()

@@ -69,7 +69,7 @@ def run_memory(
     drops = {name: {k: v for k, v in r["stats"].items() if k not in ("store.queued",) and v}
              for name, r in runs.items()}
     lost = drops["mirror_on_empty"].get("store.queue_full", 0)
-    deferred = drops["mirror_on_empty"].get("store.deferred", 0)
+    paced = drops["mirror_on_empty"].get("store.paced", 0)
     big_over_empty = mb["mirror_on_big"] / mb["mirror_on_empty"]
     over_mb = mb["mirror_on_big"] - mb["mirror_on_empty"]
     label = _label(big_attempts)
@@ -90,7 +90,7 @@ def run_memory(
                   f"{growth['mirror_off']:+.1f} MB; longest queue "
                   f"{runs['mirror_on_empty']['max_queued']:,} of "
                   f"{runs['mirror_on_empty']['max_queue']:,}; rows dropped because the queue "
-                  f"was full: {lost:,}; attempt rows deferred off the hot path: {deferred:,}"),
+                  f"was full: {lost:,}; calls paced (waited for the indexer): {paced:,}"),
             extra={"runs": runs, "growth_mb": growth, "drops": drops},
         ),
         Result(

@@ -224,6 +224,7 @@ def run_prune(
         "during_prune": _latency_stats([max(r[1], r[2]) for r in during]),
         "no_prune": _latency_stats([max(r[1], r[2]) for r in quiet]),
     }
+    # Start rows that got no number: the store could not be read within the bound.
     deferred = {"during_prune": sum(r[3] for r in during), "no_prune": sum(r[3] for r in quiet)}
     # Rows the writer's background thread had not committed yet (journaled attempts
     # wait there while prune holds the write lock).
@@ -247,8 +248,8 @@ def run_prune(
         target="writer never stalls > 100 ms", met=met,
         note=(f"{rows_per_s:,.0f} rows/s ({deleted:,} rows in {seconds:.1f} s, "
               f"{pruned.batches} batches); writer max {d['max_ms']:.1f} ms during vs "
-              f"{q['max_ms']:.1f} ms without; start rows deferred to the queue "
-              f"(lock wait hit the 50 ms hot-path bound): {deferred['during_prune']} during, "
+              f"{q['max_ms']:.1f} ms without; start rows without a number "
+              f"(the store unreadable within 50 ms): {deferred['during_prune']} during, "
               f"{deferred['no_prune']} without; rows waiting for the background commit: "
               f"at most {backlog['during_prune']} during, {backlog['no_prune']} without; "
               f"writer rows lost: {lost}"),

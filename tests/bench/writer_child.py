@@ -1,7 +1,7 @@
 """Measure 5's writer: a process making delivery attempts at a steady pace.
 
 Each attempt is ``StoreWriter.start_attempt`` then ``end_attempt`` (what the ``@deliver``
-hot path does: two journal appends by default, two commits with ``--no-journal``); both
+hot path does: two journal appends, committed by the writer's indexer thread); both
 call latencies are recorded with the system-wide monotonic clock, so the parent can
 split them into "prune running" and "no prune" by time, with the number of rows
 waiting for the background thread's commit after each attempt. Run as
@@ -25,9 +25,8 @@ def main() -> None:
     p.add_argument("--ready", type=Path, required=True)
     p.add_argument("--stop", type=Path, required=True)
     p.add_argument("--interval-seconds", type=float, default=0.005)
-    p.add_argument("--no-journal", action="store_true")
     args = p.parse_args()
-    writer = StoreWriter(args.store, service="bench-writer", journal=not args.no_journal)
+    writer = StoreWriter(args.store, service="bench-writer")
     records: list[tuple[float, float, float, bool, int]] = []
     args.ready.write_text("ready")
     n = 0
