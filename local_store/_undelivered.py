@@ -15,14 +15,8 @@ from typing import Any
 import sqlite_utils
 
 from ._arguments import check_seconds, resolve_now, window_start
-from ._reading import (
-    DEFAULT_RETRY_WINDOW_SECONDS,
-    has_rollups,
-    has_unsent_indexes,
-    has_verdicts,
-    liveness_params,
-    rows,
-)
+from ._outcome import DEFAULT_RETRY_WINDOW_SECONDS, liveness_params
+from ._reading import has_rollups, has_unsent_indexes, has_verdicts, rows
 from ._receipts import failed_after_accept
 from ._verdicts import judge_traces
 
