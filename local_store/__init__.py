@@ -10,8 +10,9 @@ from ._compact import CompactResult, compact
 from ._durations import format_duration, parse_duration
 from ._failures import failures, interrupted
 from ._health import MISUSE_REASONS, HealthReport, health
+from ._outcome import DEFAULT_RETRY_WINDOW_SECONDS
 from ._prune import PruneResult, prune
-from ._reading import DEFAULT_RETRY_WINDOW_SECONDS, DeliveryOutcome
+from ._reading import DeliveryOutcome
 from ._readonly import readonly_query
 from ._receipts import RECEIPT_STATUSES, AttemptFinder, ReceiptRates
 from ._retention import (

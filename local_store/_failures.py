@@ -10,14 +10,14 @@ from typing import Any
 import sqlite_utils
 
 from ._arguments import check_limit, check_seconds, resolve_now, window_start
-from ._reading import (
+from ._outcome import (
     DEAD_CTE,
     DEFAULT_RETRY_WINDOW_SECONDS,
     effective_status,
     liveness_params,
     outcome_of,
-    rows,
 )
+from ._reading import rows
 
 __all__ = ["INTERRUPTED_SQL", "failures", "interrupted"]
 

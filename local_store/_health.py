@@ -14,11 +14,7 @@ from ._arguments import check_limit, resolve_now, window_start
 from ._durations import format_duration
 from ._failures import INTERRUPTED_SQL
 from ._future import count_future_rows
-from ._reading import (
-    DEAD_CTE,
-    DEFAULT_RETRY_WINDOW_SECONDS,
-    liveness_params,
-)
+from ._outcome import DEAD_CTE, DEFAULT_RETRY_WINDOW_SECONDS, liveness_params
 from ._receipts import unmatched_receipts
 from ._rollups import HOUR_MS, MINUTE_MS, decode
 from ._undelivered import undelivered

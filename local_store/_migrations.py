@@ -2,7 +2,8 @@
 ``_sqlite_migrations`` table): each migration, and the SQL it runs.
 
 ``m001_baseline`` creates the whole schema of a new store: the tables, their
-indexes, the views, and the triggers that keep the rollups (``_rollups.py``),
+indexes, the views (``v_deliveries`` judges with the delivery outcome rule of
+``_outcome.py``), and the triggers that keep the rollups (``_rollups.py``),
 ``reply_pending`` and the kept verdicts (``_pending.py``) and the receipts
 (``_receipts.py``). A later schema change is a new migration, appended below.
 
@@ -20,6 +21,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from . import _pending, _rollups
+from ._outcome import DELIVERIES_VIEW_SQL
 from ._receipts import RECEIPTS_SQL
 
 __all__ = [
@@ -36,6 +38,7 @@ def m001_baseline(db: sqlite_utils.Database) -> None:
     _run_script(db, "\n".join((
         _TABLES_SQL,
         _VIEWS_SQL,
+        DELIVERIES_VIEW_SQL,
         _rollups.ROLLUP_TABLES_SQL,
         _rollups.ROLLUP_TRIGGERS_SQL,
         _pending.REPLY_PENDING_SQL,
@@ -203,23 +206,6 @@ SELECT
 FROM attempts;
 CREATE VIEW v_failures AS
 SELECT * FROM v_attempts WHERE status = 'failed' ORDER BY id DESC;
-
-CREATE VIEW v_deliveries AS
-SELECT
-    delivery_id,
-    COUNT(*) AS attempts,
-    MAX(channel) AS channel,
-    MAX(trace_id) AS trace_id,
-    CASE
-        WHEN SUM(status = 'delivered') > 0 THEN 'delivered'
-        WHEN SUM(status = 'failed' AND final = 1) > 0 THEN 'failed'
-        WHEN SUM(status IN ('started', 'interrupted')) > 0 THEN 'in_flight_or_interrupted'
-        ELSE 'will_retry'
-    END AS outcome,
-    strftime('%Y-%m-%dT%H:%M:%fZ', MIN(started_at_ms) / 1000.0, 'unixepoch') AS first_at,
-    strftime('%Y-%m-%dT%H:%M:%fZ', MAX(started_at_ms) / 1000.0, 'unixepoch') AS last_at
-FROM attempts
-GROUP BY delivery_id;
 
 CREATE VIEW v_undelivered AS
 SELECT

@@ -10,7 +10,9 @@ Two rollups answer ``summary`` and ``health``:
 
 ``delivery_rollup``
     Deliveries counted by bucket, grouping (``channel``, ``status``, ``error``, and the
-    totals ``all`` and ``failed``), group key and final outcome. A delivery counts once
+    totals ``all`` and ``failed``), group key and final outcome (``_outcome.py``'s
+    rule with its ``TIMELESS`` present: a failed latest attempt is ``pending_retry``,
+    and readers tell the ``abandoned`` ones apart when asked). A delivery counts once
     per group key it has an attempt with, in the bucket of its latest attempt with that
     key: a window that reaches to the present holds that attempt exactly when it holds
     any attempt of the pair. Deliveries with any attempt still ``started`` are left
@@ -35,6 +37,8 @@ What ``undelivered`` reads is kept in ``_pending.py``.
 """
 
 from __future__ import annotations
+
+from ._outcome import TIMELESS, group_outcome, single_attempt_outcome
 
 __all__ = [
     "BUCKETS",
@@ -69,19 +73,13 @@ def contributions(xs: str, latest_filter: str = "1", table: str = "attempts") ->
     contributes to ``delivery_rollup``, ``at`` being the latest start of the pair.
 
     ``latest_filter`` restricts the attempts the latest-attempt lookup sees (alias
-    ``l``) the way ``xs`` is restricted. The outcome is :func:`outcome_of`'s, for a
-    delivery with no ``started`` attempt; deliveries with one contribute nothing.
+    ``l``) the way ``xs`` is restricted. The outcome is ``_outcome``'s rule with the
+    ``TIMELESS`` present (a failed latest attempt is ``pending_retry``, never
+    ``abandoned``), for a delivery with no ``started`` attempt; deliveries with one
+    contribute nothing.
     """
-    outcome = f"""CASE
-        WHEN MAX(x.status = 'started') THEN NULL
-        WHEN MAX(x.status = 'delivered') THEN 'delivered'
-        WHEN MAX(x.status = 'failed' AND (x.final = 1 OR x.attempt >= x.max_attempts))
-            THEN 'failed'
-        ELSE (SELECT CASE l.status WHEN 'failed' THEN 'pending_retry'
-                                   WHEN 'interrupted' THEN 'interrupted' ELSE 'other' END
-              FROM {table} l WHERE l.delivery_id = x.delivery_id AND {latest_filter}
-              ORDER BY l.attempt DESC, l.started_at_ms DESC, l.id DESC LIMIT 1)
-    END"""
+    outcome = f"""CASE WHEN MAX(x.status = 'started') THEN NULL
+        ELSE {group_outcome("x", TIMELESS, table=table, also=latest_filter)} END"""
     none = NULL_KEY
     return f"""SELECT p.delivery_id, p.grouping, p.k1, p.k2, p.at, o.outcome
     FROM (SELECT x.delivery_id, {outcome} AS outcome FROM {xs} x GROUP BY x.delivery_id) o
@@ -178,10 +176,7 @@ def _add_alone(row: str, sign: int) -> str:
     """:func:`_add_delivery` for a delivery whose only attempt is ``row``: the same
     rows, from the row's own values, without reading the table."""
     failed = f"{row}.status = 'failed'"
-    outcome = f"""CASE {row}.status WHEN 'delivered' THEN 'delivered'
-        WHEN 'failed' THEN CASE WHEN {row}.final = 1 OR {row}.attempt >= {row}.max_attempts
-                                THEN 'failed' ELSE 'pending_retry' END
-        WHEN 'interrupted' THEN 'interrupted' ELSE 'other' END"""
+    outcome = single_attempt_outcome(row, TIMELESS)
     return f"""INSERT INTO delivery_rollup (res, grouping, bucket, k1, k2, outcome, n)
     SELECT r.res, g.grouping, {row}.started_at_ms / r.res, g.k1, g.k2, {outcome}, {sign}
     FROM (SELECT 'all' AS grouping, {NULL_KEY} AS k1, {NULL_KEY} AS k2

@@ -9,16 +9,8 @@ from typing import Any
 import sqlite_utils
 
 from ._arguments import resolve_now
-from ._reading import (
-    DEAD_CTE,
-    DEFAULT_RETRY_WINDOW_SECONDS,
-    DeliveryOutcome,
-    delivery_outcomes,
-    effective_status,
-    liveness_params,
-    lost_enqueues,
-    rows,
-)
+from ._outcome import DEAD_CTE, DEFAULT_RETRY_WINDOW_SECONDS, effective_status, liveness_params
+from ._reading import DeliveryOutcome, delivery_outcomes, lost_enqueues, rows
 from ._receipts import receipts_of_traces
 from .exceptions import InvalidArgumentError, NotFoundError
 

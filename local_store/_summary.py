@@ -16,7 +16,7 @@ from typing import Any
 import sqlite_utils
 
 from ._arguments import check_seconds, resolve_now, window_start
-from ._reading import (
+from ._outcome import (
     DEAD_CTE,
     DEFAULT_RETRY_WINDOW_SECONDS,
     effective_status,
@@ -329,23 +329,26 @@ def _tell_abandoned(
 ) -> None:
     """Split the rollups' ``pending_retry`` into ``abandoned`` and ``pending_retry``.
 
-    The rollups cannot know the present, so they file every failed, non-final latest
-    attempt as ``pending_retry``. Those still waiting (the latest attempt started
-    within the retry window, after :abandon_before) are few and recent: they are read
-    from the rows (failed attempts through the status index, then their deliveries'
-    attempts); every other one was abandoned.
+    The rollups cannot know the present (they store the outcome with the ``TIMELESS``
+    present of ``_outcome.py``), so they file every failed, non-final latest attempt
+    as ``pending_retry``. Those still waiting (the latest attempt failed within the
+    retry window, after :abandon_before) are few and recent: they are read from the
+    rows (failed attempts through the status index, then their deliveries' attempts)
+    and judged now with :func:`outcome_of`; every other one was abandoned.
     """
     xs = (
         "(SELECT a.* FROM attempts a WHERE a.delivery_id IN (SELECT f.delivery_id FROM "
         "attempts f WHERE f.status = 'failed' AND f.started_at_ms >= :abandon_before))"
     )
     found = db.execute(
-        f"""SELECT c.delivery_id, c.grouping, {decode('c.k1')}, {decode('c.k2')}, c.at
+        f"""WITH {DEAD_CTE}
+        SELECT c.delivery_id, c.grouping, {decode('c.k1')}, {decode('c.k2')},
+               {outcome_of('c.delivery_id')}
         FROM ({contributions(xs)}) c
         WHERE c.grouping IN (:g, 'all') AND c.at >= :since AND c.outcome = 'pending_retry'""",
         {**q, "g": by},
     ).fetchall()
-    waiting = {d for d, part, _, _, at in found if part == "all" and at >= q["abandon_before"]}
+    waiting = {d for d, _, _, _, now in found if now == "pending_retry"}
     still: _Tally = {}
     for delivery_id, part, key1, key2, _ in found:
         if delivery_id in waiting:

@@ -15,11 +15,8 @@ from typing import Any
 import sqlite_utils
 
 from ._arguments import check_seconds, resolve_now, window_start
-from ._reading import (
-    DEFAULT_RETRY_WINDOW_SECONDS,
-    liveness_params,
-    rows,
-)
+from ._outcome import DEFAULT_RETRY_WINDOW_SECONDS, liveness_params
+from ._reading import rows
 from ._receipts import failed_after_accept
 from ._verdicts import judge_traces
 

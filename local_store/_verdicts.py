@@ -1,4 +1,4 @@
-"""What ``undelivered`` says of a pending reply, judged ahead and kept (schema m009).
+"""What ``undelivered`` says of a pending reply, judged ahead and kept.
 
 ``undelivered`` tells, for each reply produced and not delivered, the worst thing
 that happened in its trace: a failed enqueue whose delivery was never tried, or the
@@ -38,8 +38,9 @@ from typing import Any
 
 import sqlite_utils
 
+from ._outcome import OUTCOMES
 from ._pending import VERDICT_COLUMNS
-from ._reading import lost_enqueues, rows, sqlite_order, trace_delivery_outcomes
+from ._reading import lost_enqueues, rows, sqlite_order, trace_outcomes_sql
 
 __all__ = [
     "UNDELIVERED_REASONS",
@@ -48,30 +49,47 @@ __all__ = [
     "refresh_verdicts",
 ]
 
+#: What ``undelivered`` can say of a reply, worst first.
 UNDELIVERED_REASONS = (
     "enqueue_failed", "failed", "interrupted", "abandoned", "pending_retry", "in_flight", "other",
     "no_attempt",
 )
-_RANKS = {reason: rank for rank, reason in enumerate(UNDELIVERED_REASONS)}
-# Positions in trace_delivery_outcomes' tuples (DeliveryOutcome's fields).
-_DELIVERY_ID, _OUTCOME, _ATTEMPTS, _TRACE_ID, _ERROR_TYPE, _ERROR_TEXT = 0, 1, 2, 7, 8, 9
 
 # (reason, delivery_id, attempts, error_type, error_text, depends_on_liveness)
 Verdict = tuple[str, Any, int, Any, Any, bool]
 
 # Liveness parameters under which no writer is dead, no row is stale and no retry
-# window has passed: a 'started' latest attempt is then judged 'in_flight', which marks
-# a verdict that depends on it, and a failed one 'pending_retry', which readers turn
-# into 'abandoned' once its window has passed (``undelivered``).
+# window has passed (the outcome's TIMELESS present, given as parameters): a
+# 'started' latest attempt is then judged 'in_flight', which marks a verdict that
+# depends on it, and a failed one 'pending_retry', which readers turn into 'abandoned'
+# once its window has passed (``undelivered``).
 _NO_LIVENESS = {"dead": "[]", "stale": None, "abandon_before": None}
 
+# A delivery's outcome as undelivered's reason (every outcome but 'delivered', which a
+# pending reply's trace cannot have, is one), and the reason's rank, worst first.
+_DELIVERY_REASONS = [r for r in UNDELIVERED_REASONS if r in OUTCOMES]
+_REASON = (
+    f"CASE WHEN o.outcome IN ({', '.join(repr(r) for r in _DELIVERY_REASONS)}) "
+    "THEN o.outcome ELSE 'other' END"
+)
+_RANK = (
+    f"CASE d.reason {' '.join(f'WHEN {r!r} THEN {n}' for n, r in enumerate(UNDELIVERED_REASONS))}"
+    " END"
+)
 
-def _reason(outcome: str) -> str:
-    return outcome if outcome in _RANKS else "other"
 
-
-def _rank(d: tuple[Any, ...]) -> int:
-    return _RANKS[_reason(d[_OUTCOME])]
+def _worst_by_trace(*, covered: bool) -> str:
+    """Each delivery counted in the traces :traces (in the trace of its latest
+    attempt) with its outcome as a reason, the attempts of all of its trace's
+    deliveries, whether any of them is ``in_flight``, and ``nth`` = 1 on the first of
+    its trace's worst, in the order of the deliveries' latest attempts."""
+    return f"""SELECT d.trace_id, d.delivery_id, d.reason, d.error_type, d.error_text,
+            SUM(d.attempts) OVER t AS trace_attempts,
+            MAX(d.outcome = 'in_flight') OVER t AS any_in_flight,
+            ROW_NUMBER() OVER (t ORDER BY {_RANK}, d.started_at_ms, d.delivery_id) AS nth
+        FROM (SELECT o.*, {_REASON} AS reason
+              FROM ({trace_outcomes_sql(undelivered_traces=covered)}) o) d
+        WINDOW t AS (PARTITION BY d.trace_id)"""
 
 
 def judge_traces(
@@ -85,7 +103,8 @@ def judge_traces(
 
     ``liveness`` holds the :dead and :stale parameters (``liveness_params``).
     ``covered=True`` promises that no attempt of ``traces`` delivered (each has a
-    pending run) on a store with m007's indexes, which are then read instead.
+    pending run): undelivered's small covering indexes (``_pending.py``) are then
+    read instead of the tables.
 
     The last field says whether the verdict could change with liveness alone: the
     trace counts a delivery whose latest attempt is ``started`` and nothing worse
@@ -94,16 +113,16 @@ def judge_traces(
     if not traces:
         return {}
     params = {"traces": json.dumps(sorted(traces, key=sqlite_order)), **liveness}
-    outcomes: dict[Any, list[tuple[Any, ...]]] = defaultdict(list)
-    for d in trace_delivery_outcomes(db, params, undelivered_traces=covered):
-        outcomes[d[_TRACE_ID]].append(d)
+    counted: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for d in rows(db, _worst_by_trace(covered=covered), params):
+        counted[d["trace_id"]].append(d)
     failed_enqueues = _failed_enqueues_in(db, params, len(traces), covered)
     verdicts: dict[Any, Verdict] = {}
     for trace_id in traces:
-        outs = outcomes.get(trace_id, ())
-        attempts = outs[0][_ATTEMPTS] if len(outs) == 1 else sum(d[_ATTEMPTS] for d in outs)
+        outs = counted.get(trace_id, ())
+        attempts = outs[0]["trace_attempts"] if outs else 0
         failed = failed_enqueues.get(trace_id)
-        lost = lost_enqueues(failed, {d[_DELIVERY_ID] for d in outs}) if failed else ()
+        lost = lost_enqueues(failed, {d["delivery_id"] for d in outs}) if failed else ()
         if lost:
             first = lost[0]
             verdicts[trace_id] = (
@@ -111,13 +130,11 @@ def judge_traces(
                 first["error_text"], False,
             )
         elif outs:
-            # the first of the worst, in the order of the deliveries' latest attempts
-            worst = min(outs, key=_rank) if len(outs) > 1 else outs[0]
-            reason = _reason(worst[_OUTCOME])
-            live = reason != "failed" and any(d[_OUTCOME] == "in_flight" for d in outs)
+            worst = next(d for d in outs if d["nth"] == 1)
+            live = worst["reason"] != "failed" and bool(worst["any_in_flight"])
             verdicts[trace_id] = (
-                reason, worst[_DELIVERY_ID], attempts, worst[_ERROR_TYPE], worst[_ERROR_TEXT],
-                live,
+                worst["reason"], worst["delivery_id"], attempts, worst["error_type"],
+                worst["error_text"], live,
             )
         else:
             verdicts[trace_id] = ("no_attempt", None, 0, None, None, False)
@@ -133,7 +150,7 @@ def _failed_enqueues_in(
         return by_trace
     in_traces = "trace_id IN (SELECT value FROM json_each(:traces))"
     if covered:
-        # idx_enqueues_failed_trace (m007) holds every column read here
+        # idx_enqueues_failed_trace holds every column read here
         status = "status"
     else:
         # A few traces: probe the trace index for each (+status keeps SQLite off the

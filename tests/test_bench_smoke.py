@@ -29,7 +29,8 @@ MEASURE_IDS = {
     "1-inbound-sync", "1-inbound-async", "1-ai_run-sync", "1-ai_run-async",
     "2-deliver-sync", "2-deliver-async", "3a-ingest-spans", "3b-ingest-rows",
     "4-summary-3k", "4-failures-3k", "4-trace-3k", "4-undelivered-3k", "4-health-3k",
-    "5-prune", "6-rss-mirror", "6-rss-store-size", "7-size", "8-classify-1MB",
+    "5-prune", "6-rss-mirror", "6-rss-store-size", "7-size", "7-compact", "7-bytes",
+    "8-classify-1MB",
     "8-classify-50MB", "9-receipt",
 }
 

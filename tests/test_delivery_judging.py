@@ -1,9 +1,10 @@
 """``delivery_outcomes`` and ``trace_delivery_outcomes`` judge each delivery from one read
-of its attempts; here they are checked against the statement they replaced (one index
-probe per test per delivery, in SQL) on randomised stores: retries, deliveries whose
-attempts are in several traces, dead writers' ``started`` rows, ties in attempt number,
-and values of the wrong type written by hand. The traces with no delivered attempt
-are also judged as ``undelivered`` judges them, from ``idx_attempts_unsent`` (``_pending.py``).
+of its attempts (window functions over them); here they are checked against
+``outcome_of`` (one index probe per test per delivery) on randomised stores: retries,
+deliveries whose attempts are in several traces, dead writers' ``started`` rows, ties
+in attempt number, and values of the wrong type written by hand. The traces with no
+delivered attempt are also judged as ``undelivered`` judges them, from
+``idx_attempts_unsent`` (``_pending.py``).
 """
 
 from __future__ import annotations
@@ -17,27 +18,26 @@ import pytest
 import sqlite_utils
 
 from local_store import open_store
-from local_store._reading import (
+from local_store._outcome import (
     DEAD_CTE,
-    _latest_attempt,
-    delivery_outcomes,
     effective_status,
+    latest_attempt,
     liveness_params,
     outcome_of,
-    trace_delivery_outcomes,
 )
+from local_store._reading import DeliveryOutcome, delivery_outcomes, trace_delivery_outcomes
 from tests.test_rollups import NOW, _populate
 
 
 def _reference(
     db: sqlite_utils.Database, targets_sql: str, params: dict[str, Any]
 ) -> list[tuple[Any, ...]]:
-    """The statement delivery_outcomes ran before it read each delivery once."""
+    """Each delivery judged with ``outcome_of``'s index probes."""
     return db.execute(
         f"""WITH {DEAD_CTE}, targets(delivery_id) AS ({targets_sql}),
         judged AS (
             SELECT t.delivery_id, {outcome_of("t.delivery_id")} AS outcome,
-                   {_latest_attempt("t.delivery_id", "l.id")} AS latest_id,
+                   {latest_attempt("t.delivery_id", "l.id")} AS latest_id,
                    (SELECT COUNT(*) FROM attempts x WHERE x.delivery_id = t.delivery_id)
                        AS attempts,
                    (SELECT MIN(x.attempt) FROM attempts x WHERE x.delivery_id = t.delivery_id
@@ -53,6 +53,10 @@ def _reference(
     ).fetchall()
 
 
+def _tuples(outcomes: list[DeliveryOutcome]) -> list[tuple[Any, ...]]:
+    return [tuple(vars(d).values()) for d in outcomes]
+
+
 def _check(db: sqlite_utils.Database, rng: random.Random) -> None:
     traces = [t for (t,) in db.execute("SELECT DISTINCT trace_id FROM attempts").fetchall()]
     for k in (1, 3, len(traces) // 4, len(traces)):
@@ -63,8 +67,8 @@ def _check(db: sqlite_utils.Database, rng: random.Random) -> None:
             "WHERE trace_id IN (SELECT value FROM json_each(:traces))"
         )
         expected = _reference(db, targets, params)
-        assert [tuple(vars(d).values()) for d in delivery_outcomes(db, targets, params)] == expected
-        assert trace_delivery_outcomes(db, params) == expected
+        assert _tuples(delivery_outcomes(db, targets, params)) == expected
+        assert _tuples(trace_delivery_outcomes(db, params)) == expected
     # The traces with no delivered attempt (reply_pending runs' traces), as undelivered
     # reads them: from idx_attempts_unsent, in index order.
     unsent = sorted(t for (t,) in db.execute(
@@ -74,7 +78,7 @@ def _check(db: sqlite_utils.Database, rng: random.Random) -> None:
     assert unsent
     params = {"traces": json.dumps(unsent), **liveness_params(db, NOW)}
     expected = _reference(db, targets, params)
-    assert trace_delivery_outcomes(db, params, undelivered_traces=True) == expected
+    assert _tuples(trace_delivery_outcomes(db, params, undelivered_traces=True)) == expected
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
@@ -130,6 +134,6 @@ def test_a_tie_on_attempt_and_start_goes_to_the_later_row(tmp_path: Path) -> Non
     params = {"traces": json.dumps(["t1"]), **liveness_params(db, NOW)}
     expected = _reference(db, "SELECT 'd1'", params)
     assert [(d[1], d[2], d[8]) for d in expected] == [("pending_retry", 3, "Third")]
-    assert trace_delivery_outcomes(db, params, undelivered_traces=True) == expected
-    assert trace_delivery_outcomes(db, params) == expected
+    assert _tuples(trace_delivery_outcomes(db, params, undelivered_traces=True)) == expected
+    assert _tuples(trace_delivery_outcomes(db, params)) == expected
     db.close()

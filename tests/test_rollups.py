@@ -25,8 +25,8 @@ import pytest
 import sqlite_utils
 
 from local_store import health, open_store, prune, summary, undelivered
+from local_store._outcome import liveness_params
 from local_store._pending import VERDICT_COLUMNS
-from local_store._reading import liveness_params
 from local_store._rescue import DEFAULT_STALE_AFTER_MS, rescue_interrupted
 from local_store._rollups import ROLLUP_BACKFILL_SQL
 from local_store._verdicts import judge_traces, refresh_verdicts
