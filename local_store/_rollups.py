@@ -265,12 +265,11 @@ WHEN EXISTS (SELECT 1 FROM attempts o WHERE o.delivery_id = OLD.delivery_id) BEG
     {_add_delivery("OLD.delivery_id", 1)}
 END;
 """
-# Trigger names, so a re-run of the migration can replace them (with those of
-# earlier drafts of it).
-
-# The backfill reads the attempts once, in table order, into a temporary copy with a
-# covering index by delivery: read through idx_attempts_delivery instead, a large
-# store's rows would be fetched in random order (about 20 minutes at 10M attempts).
+# The rollups rebuilt from the rows: what the triggers must keep them equal to (the
+# tests compare the two). The rebuild reads the attempts once, in table order, into a
+# temporary copy with a covering index by delivery: read through idx_attempts_delivery
+# instead, a large store's rows would be fetched in random order (about 20 minutes at
+# 10M attempts).
 _BACKFILL_COLUMNS = (
     "delivery_id, attempt, started_at_ms, id, status, final, max_attempts, channel, "
     "error_type, failure_class"

@@ -4,9 +4,8 @@ Takes a store opened with :func:`local_store.open_store`, only reads, and accept
 ``now_ms`` so a test (or a post-mortem) can ask "as of" a given moment.
 
 It reads the rollups that triggers keep (``_rollups.py``): whole hours, then whole
-minutes, the first partial minute and the deliveries still in flight from the rows; a
-store of an older schema opened read-only is answered by scanning the rows, with the
-same results."""
+minutes, then the first partial minute and the deliveries still in flight from the
+rows."""
 
 from __future__ import annotations
 
