@@ -21,8 +21,9 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from . import _pending, _rollups
+from ._ids import ID_COLUMNS, hex_sql, pack
 from ._outcome import DELIVERIES_VIEW_SQL
-from ._receipts import RECEIPTS_SQL
+from ._receipts import RECEIPTS_SQL, RECEIPTS_VIEW_SQL
 
 __all__ = [
     "KNOWN_MIGRATIONS", "MIGRATION_SET", "PRE_BASELINE_MIGRATIONS", "SCHEMA_VERSION",
@@ -64,7 +65,45 @@ def _run_script(db: sqlite_utils.Database, script: str) -> None:
         db.execute(statement)
 
 
-KNOWN_MIGRATIONS = ("m001_baseline",)
+@migrations()
+def m002_packed_ids(db: sqlite_utils.Database) -> None:
+    """Ids as ``_ids.py`` keeps them: each 16- or 32-digit lowercase hex id becomes its
+    bytes, and the views show ids as hex; enqueues keep a time index of their
+    failures only. The triggers are set aside while the ids change (an id
+    changes form, not value, so nothing they keep changes) and put back as they were.
+    The space the shorter ids free is given back by ``prune --compact``."""
+    db.conn.create_function("packed_id", 1, pack, deterministic=True)
+    _recreate_views(db)
+    # Enqueues are read by status only for failures: an index of the failed ones.
+    db.execute("DROP INDEX idx_enqueues_status")
+    db.execute(
+        "CREATE INDEX idx_enqueues_failed ON enqueues (started_at_ms) WHERE status = 'failed'"
+    )
+    if not any(db.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() for t in ID_COLUMNS):
+        return  # a new store: no id to change
+    triggers = db.execute(
+        "SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' ORDER BY rowid"
+    ).fetchall()
+    for name, _ in triggers:
+        db.execute(f"DROP TRIGGER {name}")
+    for table, columns in ID_COLUMNS.items():
+        changed = " OR ".join(f"{c} IS NOT packed_id({c})" for c in columns)
+        db.execute(
+            f"UPDATE {table} SET {', '.join(f'{c} = packed_id({c})' for c in columns)} "
+            f"WHERE {changed}"
+        )
+    for _, sql in triggers:
+        db.execute(sql)
+
+
+def _recreate_views(db: sqlite_utils.Database) -> None:
+    """Drop every view and create the current ones (a view holds no data)."""
+    for (name,) in db.execute("SELECT name FROM sqlite_schema WHERE type = 'view'").fetchall():
+        db.execute(f"DROP VIEW {name}")
+    _run_script(db, _VIEWS_SQL + DELIVERIES_VIEW_SQL + RECEIPTS_VIEW_SQL)
+
+
+KNOWN_MIGRATIONS = ("m001_baseline", "m002_packed_ids")
 SCHEMA_VERSION = len(KNOWN_MIGRATIONS)
 
 #: The migrations of the builds before the baseline. A store that records them has
@@ -194,22 +233,23 @@ CREATE TABLE drops (
 """
 
 # The unary + in v_undelivered keeps SQLite, which has no index statistics, off the
-# status index: the trace index is one probe per run.
-_VIEWS_SQL = """
+# status index: the trace index is one probe per run. Ids show as hex (_ids.py).
+_VIEWS_SQL = f"""
 CREATE VIEW v_attempts AS
 SELECT
-    id, delivery_id, attempt, max_attempts, channel, recipient, status,
-    error_type, error_text, failure_class, final, retry_after_seconds,
+    id, {hex_sql("delivery_id")} AS delivery_id, attempt, max_attempts, channel, recipient,
+    status, error_type, error_text, failure_class, final, retry_after_seconds,
     strftime('%Y-%m-%dT%H:%M:%fZ', started_at_ms / 1000.0, 'unixepoch') AS started_at,
     strftime('%Y-%m-%dT%H:%M:%fZ', ended_at_ms / 1000.0, 'unixepoch') AS ended_at,
-    duration_ms, provider_message_id, trace_id, span_id, inbound_id, service
+    duration_ms, provider_message_id, {hex_sql("trace_id")} AS trace_id,
+    {hex_sql("span_id")} AS span_id, inbound_id, service
 FROM attempts;
 CREATE VIEW v_failures AS
 SELECT * FROM v_attempts WHERE status = 'failed' ORDER BY id DESC;
 
 CREATE VIEW v_undelivered AS
 SELECT
-    r.trace_id, r.inbound_id, r.channel, r.agent,
+    {hex_sql("r.trace_id")} AS trace_id, r.inbound_id, r.channel, r.agent,
     strftime('%Y-%m-%dT%H:%M:%fZ', r.ended_at_ms / 1000.0, 'unixepoch') AS reply_at,
     (SELECT COUNT(*) FROM attempts a WHERE a.trace_id = r.trace_id) AS attempts
 FROM ai_runs r
@@ -220,9 +260,9 @@ WHERE r.reply_produced = 1
 
 CREATE VIEW v_enqueue_failures AS
 SELECT
-    id, delivery_id, channel, recipient, error_type, error_text,
+    id, {hex_sql("delivery_id")} AS delivery_id, channel, recipient, error_type, error_text,
     strftime('%Y-%m-%dT%H:%M:%fZ', started_at_ms / 1000.0, 'unixepoch') AS at,
-    trace_id, inbound_id, service
+    {hex_sql("trace_id")} AS trace_id, inbound_id, service
 FROM enqueues WHERE status = 'failed';
 
 CREATE VIEW v_drops AS

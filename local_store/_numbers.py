@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from ._ids import pack
 from ._ratelimit import RateLimitedLog
 from ._schema import connect
 from ._storefile import FileIdentity, StoreFile, gated
@@ -87,7 +88,7 @@ class AttemptNumbers:
         try:
             (stored,) = self._connection().execute(
                 "SELECT COALESCE(MAX(attempt), 0) FROM attempts WHERE delivery_id = ?",
-                (delivery_id,),
+                (pack(delivery_id),),
             ).fetchone()
         except Exception as exc:
             self._log.warning("read", "otel-delivery cannot read attempt numbers from %s "

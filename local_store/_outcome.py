@@ -48,6 +48,7 @@ from typing import Any
 
 import sqlite_utils
 
+from ._ids import hex_sql
 from ._rescue import DEFAULT_STALE_AFTER_MS, dead_writer_ids
 
 __all__ = [
@@ -251,10 +252,10 @@ def liveness_params(
 DELIVERIES_VIEW_SQL = f"""
 CREATE VIEW v_deliveries AS
 SELECT
-    a.delivery_id,
+    {hex_sql("a.delivery_id")} AS delivery_id,
     COUNT(*) AS attempts,
     MAX(a.channel) AS channel,
-    MAX(a.trace_id) AS trace_id,
+    {hex_sql("MAX(a.trace_id)")} AS trace_id,
     {group_outcome("a", IN_VIEW)} AS outcome,
     strftime('%Y-%m-%dT%H:%M:%fZ', MIN(a.started_at_ms) / 1000.0, 'unixepoch') AS first_at,
     strftime('%Y-%m-%dT%H:%M:%fZ', MAX(a.started_at_ms) / 1000.0, 'unixepoch') AS last_at

@@ -110,7 +110,7 @@ def trace_outcomes_sql(*, undelivered_traces: bool = False) -> str:
     the attempts are then read from ``idx_attempts_unsent`` alone, and
     ``split_deliveries`` says which deliveries to read again.
     """
-    in_traces = "a.trace_id IN (SELECT value FROM json_each(:traces))"
+    in_traces = "a.trace_id IN (SELECT packed_id(value) FROM json_each(:traces))"
     if undelivered_traces:
         found = f"""SELECT {ATTEMPT_COLUMNS},
                 EXISTS (SELECT 1 FROM split_deliveries s WHERE s.delivery_id = a.delivery_id)

@@ -26,10 +26,12 @@ from typing import Any
 import sqlite_utils
 
 from ._forkgate import GATE
+from ._ids import hex_sql
 from ._reading import rows
 
 __all__ = [
     "RECEIPTS_SQL",
+    "RECEIPTS_VIEW_SQL",
     "RECEIPT_STATUSES",
     "AttemptFinder",
     "ReceiptRates",
@@ -65,16 +67,22 @@ CREATE TABLE IF NOT EXISTS receipts (
 CREATE INDEX IF NOT EXISTS idx_receipts_at ON receipts (at_ms);
 CREATE INDEX IF NOT EXISTS idx_attempts_provider_message
     ON attempts (channel, provider_message_id) WHERE provider_message_id IS NOT NULL;
-CREATE VIEW IF NOT EXISTS v_receipts AS
+"""
+
+# Receipts with the attempt each belongs to; ids as hex (_ids.py).
+RECEIPTS_VIEW_SQL = f"""
+CREATE VIEW v_receipts AS
 SELECT r.id, r.channel, r.provider_message_id, r.status,
     strftime('%Y-%m-%dT%H:%M:%fZ', r.at_ms / 1000.0, 'unixepoch') AS at,
     r.recipient, r.error_type, r.error_text,
-    a.delivery_id, a.attempt, a.trace_id, a.inbound_id, a.id IS NOT NULL AS matched
+    {hex_sql("a.delivery_id")} AS delivery_id, a.attempt, {hex_sql("a.trace_id")} AS trace_id,
+    a.inbound_id, a.id IS NOT NULL AS matched
 FROM receipts r LEFT JOIN attempts a ON a.id = (
     SELECT x.id FROM attempts x WHERE x.channel = r.channel
       AND x.provider_message_id = r.provider_message_id
     ORDER BY x.status = 'delivered' DESC, x.id DESC LIMIT 1);
 """
+
 
 # The latest receipt of each message among the receipts ``{source}`` selects (as r).
 _LATEST = f"""SELECT * FROM (
@@ -98,7 +106,7 @@ def receipts_of_traces(db: sqlite_utils.Database, params: dict[str, Any]) -> lis
         f"""SELECT r.*, a.delivery_id, a.attempt, a.span_id AS attempt_span
         FROM attempts a JOIN receipts r
           ON r.channel = a.channel AND r.provider_message_id = a.provider_message_id
-        WHERE a.trace_id IN (SELECT value FROM json_each(:traces))
+        WHERE a.trace_id IN (SELECT packed_id(value) FROM json_each(:traces))
           AND a.provider_message_id IS NOT NULL
         ORDER BY r.at_ms, {_RANK_SQL.format(r="r")}, r.id""",
         params,

@@ -8,12 +8,16 @@ with a guard where a table has no unique key on the span) by the replay of a dea
 writer's journal (``_replay.py``), so a row replayed after a crash is written exactly
 as the writer would have written it, and once: a journal line committed just before
 its process died is replayed again.
+
+Ids are written in the store's form (``_ids.pack``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from ._ids import ID_COLUMNS, pack
 
 __all__ = [
     "DROP_SQL", "END_SQL", "INSERT_SQL", "KIND_SQL", "OUTCOME_COLUMNS", "REPLAY_SQL",
@@ -49,6 +53,7 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 _ATTEMPT_COLS = TABLE_COLUMNS["attempts"]
+_ATTEMPT_IDS = ID_COLUMNS["attempts"]
 # The attempt number, when the caller does not know it, is one more than the
 # attempts already recorded for the delivery: derived from appended rows only.
 _ATTEMPT_VALUES = ", ".join(
@@ -112,9 +117,9 @@ def attempt_params(row: Mapping[str, Any]) -> list[Any]:
     """The parameters of :data:`START_SQL` and :data:`END_SQL` for ``row``."""
     params: list[Any] = []
     for c in _ATTEMPT_COLS:
-        params.append(row.get(c))
+        params.append(pack(row.get(c)) if c in _ATTEMPT_IDS else row.get(c))
         if c == "attempt":
-            params.append(row.get("delivery_id"))
+            params.append(pack(row.get("delivery_id")))
     return params
 
 
@@ -127,7 +132,8 @@ def row_params(kind: str, row: Mapping[str, Any], *, replay: bool = False) -> li
     """The parameters of ``KIND_SQL[kind]`` (``REPLAY_SQL[kind]`` with ``replay``)."""
     if kind.startswith("attempts:"):
         return attempt_params(row)
-    params = [row.get(c) for c in TABLE_COLUMNS[kind]]
+    ids = ID_COLUMNS[kind]
+    params = [pack(row.get(c)) if c in ids else row.get(c) for c in TABLE_COLUMNS[kind]]
     if replay and kind in _GUARDED:
-        params += (row.get("trace_id"), row.get("span_id"))
+        params += (pack(row.get("trace_id")), pack(row.get("span_id")))
     return params

@@ -18,6 +18,7 @@ from pathlib import Path
 import sqlite_utils
 
 from ._fs import NotRegularFileError, check_store_path, create_private_file, open_regular
+from ._ids import register as register_ids
 from ._journal import journal_files
 from ._migrations import KNOWN_MIGRATIONS, PRE_BASELINE_MIGRATIONS, SCHEMA_VERSION, migrations
 from ._replay import replay_orphans
@@ -44,7 +45,8 @@ def connect(
     readonly: bool = False,
     busy_timeout_seconds: float = DEFAULT_BUSY_TIMEOUT_SECONDS,
 ) -> sqlite3.Connection:
-    """A raw connection with our pragmas; the schema is not touched."""
+    """A raw connection with our pragmas, reading and writing ids as ``_ids.py``
+    says; the schema is not touched."""
     p = Path(path)
     if readonly:
         conn = sqlite3.connect(
@@ -56,6 +58,7 @@ def connect(
     else:
         conn = sqlite3.connect(str(p), timeout=busy_timeout_seconds, check_same_thread=False)
     try:
+        register_ids(conn)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_seconds * 1000)}")
         if not readonly:
             conn.execute("PRAGMA synchronous = NORMAL")

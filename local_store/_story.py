@@ -9,6 +9,7 @@ from typing import Any
 import sqlite_utils
 
 from ._arguments import resolve_now
+from ._ids import pack
 from ._outcome import DEAD_CTE, DEFAULT_RETRY_WINDOW_SECONDS, effective_status, liveness_params
 from ._reading import DeliveryOutcome, delivery_outcomes, lost_enqueues, rows
 from ._receipts import receipts_of_traces
@@ -39,8 +40,10 @@ class TraceStory:
 
 
 def _resolve_traces(db: sqlite_utils.Database, selector: str, value: str) -> list[str]:
+    stored = value if selector == "inbound_id" else pack(value)
+
     def traces(sql: str) -> list[str]:
-        return [r[0] for r in db.execute(sql, {"v": value}).fetchall()]
+        return [r[0] for r in db.execute(sql, {"v": stored}).fetchall()]
 
     if selector == "trace_id":
         return traces(
@@ -106,7 +109,7 @@ def trace_story(
     params = {
         "traces": json.dumps(trace_ids), **liveness_params(db, now, retry_window_seconds),
     }
-    in_traces = "trace_id IN (SELECT value FROM json_each(:traces))"
+    in_traces = "trace_id IN (SELECT packed_id(value) FROM json_each(:traces))"
     inbound = rows(
         db, f"SELECT * FROM inbound_messages WHERE {in_traces} ORDER BY received_at_ms, id",
         params,

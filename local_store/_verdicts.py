@@ -38,6 +38,7 @@ from typing import Any
 
 import sqlite_utils
 
+from ._ids import pack
 from ._outcome import OUTCOMES
 from ._pending import VERDICT_COLUMNS
 from ._reading import lost_enqueues, rows, sqlite_order, trace_outcomes_sql
@@ -148,7 +149,7 @@ def _failed_enqueues_in(
     by_trace: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     if not n_traces:
         return by_trace
-    in_traces = "trace_id IN (SELECT value FROM json_each(:traces))"
+    in_traces = "trace_id IN (SELECT packed_id(value) FROM json_each(:traces))"
     if covered:
         # idx_enqueues_failed_trace holds every column read here
         status = "status"
@@ -188,7 +189,7 @@ def refresh_verdicts(db: sqlite_utils.Database, *, limit: int | None = None) -> 
     pending = {
         t for (t,) in db.execute(
             "SELECT DISTINCT trace_id FROM ai_runs WHERE reply_pending = 1 "
-            "AND trace_id IN (SELECT value FROM json_each(:traces))",
+            "AND trace_id IN (SELECT packed_id(value) FROM json_each(:traces))",
             taken,
         )
     }
@@ -196,10 +197,12 @@ def refresh_verdicts(db: sqlite_utils.Database, *, limit: int | None = None) -> 
     db.conn.executemany(
         f"UPDATE ai_runs SET {', '.join(f'{c} = ?' for c in VERDICT_COLUMNS)} "
         "WHERE trace_id = ? AND reply_pending = 1",
-        [(None if v[5] else v[0], v[1], v[2], v[3], v[4], t) for t, v in judged.items()],
+        [(None if v[5] else v[0], pack(v[1]), v[2], v[3], v[4], pack(t))
+         for t, v in judged.items()],
     )
     db.execute(
-        "DELETE FROM traces_to_judge WHERE trace_id IN (SELECT value FROM json_each(:traces))",
+        "DELETE FROM traces_to_judge "
+        "WHERE trace_id IN (SELECT packed_id(value) FROM json_each(:traces))",
         taken,
     )
     return len(waiting)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import otel_delivery
+from tests import rawdb
 
 _OTEL_ENV = (
     "OTEL_SDK_DISABLED",
@@ -58,8 +58,8 @@ class Traced:
 
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         self.flush()
-        conn = sqlite3.connect(self.store)
-        conn.row_factory = sqlite3.Row
+        conn = rawdb.connect(self.store)
+        conn.row_factory = rawdb.Row
         try:
             return [dict(r) for r in conn.execute(sql, params)]
         finally:
@@ -132,7 +132,7 @@ def next_migration(monkeypatch: pytest.MonkeyPatch) -> str:
 
     from local_store import _migrations, _schema
 
-    name = "m002_receipts_recorded"
+    name = "m003_receipts_recorded"
     newer = Migrations(_migrations.MIGRATION_SET)
     newer._migrations = list(_migrations.migrations._migrations)
 

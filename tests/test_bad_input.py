@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 import otel_delivery
 from otel_delivery import arg
 from otel_delivery.cli import main
+from tests import rawdb
 
 SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -110,7 +110,7 @@ def test_any_exception_passes_through_as_itself(
         send(StrRaises())
     assert info.value is error
     assert otel.force_flush()
-    conn = sqlite3.connect(otel.store_path or "")
+    conn = rawdb.connect(otel.store_path or "")
     text = conn.execute("SELECT error_text FROM attempts ORDER BY id DESC LIMIT 1").fetchone()[0]
     conn.close()
     assert isinstance(text, str) and len(text) <= 512
@@ -188,7 +188,7 @@ def test_any_duration_is_accepted_or_refused_in_one_line(store: Path, duration: 
 def test_query_refuses_anything_but_reading(store: Path, sql: str) -> None:
     result = _cli("query", sql, "--store", str(store))
     _one_clean_line(result)
-    conn = sqlite3.connect(store)
+    conn = rawdb.connect(store)
     assert conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'evil'").fetchone() == (0,)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
@@ -219,7 +219,7 @@ def test_bad_stores_give_one_line(tmp_path: Path, kind: str, command: list[str])
         db.conn.commit()
         db.close()
     elif kind == "foreign":
-        conn = sqlite3.connect(path)
+        conn = rawdb.connect(path)
         conn.execute("CREATE TABLE customers (id INTEGER)")
         conn.commit()
         conn.close()

@@ -8,7 +8,6 @@ the rows the real write path (decorators, SDK, span processor, StoreWriter) writ
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 import otel_delivery
 from local_store._writer import TABLE_COLUMNS
+from tests import rawdb
 from tests.bench import traffic
 from tests.bench.run import main
 
@@ -61,7 +61,7 @@ def test_the_harness_runs_every_measure_and_writes_its_results(
 
 
 def _rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    conn = sqlite3.connect(path)
+    conn = rawdb.connect(path)
     try:
         return {
             table: sorted(

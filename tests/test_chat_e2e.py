@@ -140,7 +140,7 @@ def store_traced(tmp_path: Path) -> Iterator[Traced]:
 def attempts(traced: Traced, delivery_id: str) -> list[tuple[Any, ...]]:
     rows = traced.rows(
         "SELECT attempt, status, error_type, failure_class, retry_after_seconds, final "
-        "FROM attempts WHERE delivery_id = ? ORDER BY attempt", (delivery_id,)
+        "FROM attempts WHERE delivery_id = packed_id(?) ORDER BY attempt", (delivery_id,)
     )
     return [tuple(r.values()) for r in rows]
 

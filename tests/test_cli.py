@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from otel_delivery.cli import main
+from tests import rawdb
 from tests.store_builder import DAY_MINUTES, StoreBuilder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,7 +207,7 @@ def _garbage(tmp_path: Path) -> Path:
 
 
 def _newer(store: Path) -> Path:
-    conn = sqlite3.connect(store)
+    conn = rawdb.connect(store)
     conn.execute(
         "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
         "VALUES ('otel_delivery', 'm099_next_year', '2099-01-01')"

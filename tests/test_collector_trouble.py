@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
-import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+
+from tests import rawdb
 
 CHILD = textwrap.dedent(
     """
@@ -67,7 +68,7 @@ def test_exit_without_shutdown_is_quick_and_memory_is_bounded(tmp_path: Path) ->
     # so 10 000 more calls against a dead collector must not grow the process much.
     assert figures["late_mb"] - figures["early_mb"] < 25, figures
     assert exit_seconds < 2.0, exit_seconds  # the documented bound
-    conn = sqlite3.connect(store)
+    conn = rawdb.connect(store)
     delivered = conn.execute("SELECT COUNT(*) FROM attempts WHERE status = 'delivered'")
     assert delivered.fetchone() == (12000,)
     conn.close()

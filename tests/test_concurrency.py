@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from local_store import StoreWriter
+from tests import rawdb
 
 PROCESSES = 4
 THREADS = 4
@@ -151,9 +152,8 @@ def test_processes_threads_tasks_readers_and_prune_together(tmp_path: Path) -> N
         assert r["flushed"] is True
         assert r["stats"].get("store.queue_full", 0) == 0
 
-    import sqlite3
 
-    conn = sqlite3.connect(store)
+    conn = rawdb.connect(store)
     per_process = (THREADS + TASKS) * PER_WORKER
     expected = PROCESSES * per_process
     new = conn.execute("SELECT COUNT(*) FROM attempts WHERE service != 'old'").fetchone()[0]
@@ -203,9 +203,8 @@ def test_many_threads_in_one_process_share_the_hot_path(tmp_path: Path, threads:
     assert otel.force_flush()
     otel.shutdown()
     assert failures == []
-    import sqlite3
 
-    conn = sqlite3.connect(tmp_path / "d.db")
+    conn = rawdb.connect(tmp_path / "d.db")
     rows = conn.execute("SELECT COUNT(*), COUNT(DISTINCT delivery_id) FROM attempts").fetchone()
     conn.close()
     assert rows == (threads * 50, threads * 50)

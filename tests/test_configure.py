@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import os
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 import otel_delivery
 from otel_delivery import ConfigError, resolve_store_path
+from tests import rawdb
 
 from .conftest import make_traced
 
@@ -36,7 +36,7 @@ def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 60
 
 
 def count(store: Path, table: str) -> int:
-    conn = sqlite3.connect(store)
+    conn = rawdb.connect(store)
     try:
         return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
     finally:
@@ -158,7 +158,7 @@ def test_service_name_from_env(tmp_path: Path) -> None:
         """,
         env={"OTEL_SERVICE_NAME": "gw-from-env"},
     )
-    conn = sqlite3.connect(store)
+    conn = rawdb.connect(store)
     assert conn.execute("SELECT service FROM attempts").fetchone()[0] == "gw-from-env"
     conn.close()
 
@@ -299,7 +299,7 @@ def test_a_full_export_queue_is_counted_not_silent(
     assert otel.force_flush(timeout_seconds=10)
     assert exporter.exported + dropped == 300  # every span exported or counted
     otel.shutdown()
-    conn = sqlite3.connect(tmp_path / "d.db")
+    conn = rawdb.connect(tmp_path / "d.db")
     try:
         rows = conn.execute("SELECT count FROM drops WHERE reason = 'otlp_queue_full'").fetchall()
     finally:

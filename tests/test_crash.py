@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,7 @@ from local_store import StoreWriter, open_store
 from local_store._journal import journal_files
 from local_store._rescue import dead_writer_ids
 from otel_delivery import arg
+from tests import rawdb
 
 from .conftest import make_traced
 
@@ -77,7 +77,7 @@ def test_sigkill_mid_send_leaves_an_interrupted_row_and_retry_continues(tmp_path
     assert b'"dlv-crash"' in journal.read_bytes()
     open_store(store).conn.close()
     assert journal_files(store) == []
-    conn = sqlite3.connect(store)
+    conn = rawdb.connect(store)
     rows = conn.execute("SELECT delivery_id, attempt, status FROM attempts").fetchall()
     assert rows == [("dlv-crash", 1, "started")]
     assert len(dead_writer_ids(conn)) == 1  # ... and its process is known to be gone
@@ -165,7 +165,7 @@ def test_a_row_sqlite_cannot_bind_is_dropped_and_counted_not_retried_forever(
         assert writer.flush(timeout_seconds=5)
         assert writer.stats()["unwritable_row"] == 2
         assert writer.stats()["bad_value"] == 2
-        conn = sqlite3.connect(tmp_path / "d.db")
+        conn = rawdb.connect(tmp_path / "d.db")
         assert conn.execute("SELECT delivery_id, attempt FROM attempts ORDER BY 1").fetchall(
         ) == [("good", 1), ("odd", 1)]
         assert conn.execute("SELECT span_id FROM ai_runs").fetchall() == [("s2",)]
@@ -208,7 +208,7 @@ def test_sigkill_right_after_a_run_keeps_its_inbound_and_run_rows(tmp_path: Path
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
     # Nothing reached the store; both rows are in the dead process's journal.
-    conn = sqlite3.connect(store)
+    conn = rawdb.connect(store)
     assert conn.execute("SELECT COUNT(*) FROM ai_runs").fetchone() == (0,)
     assert conn.execute("SELECT COUNT(*) FROM inbound_messages").fetchone() == (0,)
     conn.close()
@@ -219,7 +219,7 @@ def test_sigkill_right_after_a_run_keeps_its_inbound_and_run_rows(tmp_path: Path
     # The next writable open (a restarted gateway, `otel-delivery upgrade`) commits them.
     open_store(store).conn.close()
     assert journal_files(store) == []
-    conn = sqlite3.connect(store)
+    conn = rawdb.connect(store)
     assert conn.execute(
         "SELECT inbound_id, channel, status FROM inbound_messages").fetchall() == [
         ("in-1", "telegram", "ok")]

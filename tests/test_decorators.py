@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import sqlite3
 from typing import Any, ClassVar
 
 import pytest
 
 import otel_delivery
 from otel_delivery import arg
+from tests import rawdb
 
 from .conftest import Traced, span_dict
 
@@ -304,7 +304,7 @@ def test_head_sampled_out_calls_are_stored_but_not_exported(tmp_path: Any) -> No
         assert send_sync(1, "x")["chat_id"] == 1
         assert otel.force_flush()
         assert exporter.get_finished_spans() == ()
-        db = sqlite3.connect(tmp_path / "d.db")
+        db = rawdb.connect(tmp_path / "d.db")
         assert db.execute("SELECT status FROM attempts").fetchall() == [("delivered",)]
         db.close()
         assert "not_recorded" not in otel.stats()

@@ -64,7 +64,7 @@ def _check(db: sqlite_utils.Database, rng: random.Random) -> None:
         params = {"traces": json.dumps(chosen), **liveness_params(db, NOW)}
         targets = (
             "SELECT DISTINCT delivery_id FROM attempts "
-            "WHERE trace_id IN (SELECT value FROM json_each(:traces))"
+            "WHERE trace_id IN (SELECT packed_id(value) FROM json_each(:traces))"
         )
         expected = _reference(db, targets, params)
         assert _tuples(delivery_outcomes(db, targets, params)) == expected

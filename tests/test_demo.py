@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -26,6 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import local_store
 from otel_delivery.demo import STORIES, DemoResult, run_demo
 from otel_delivery.demo.command import demo
+from tests import rawdb
 
 from .conftest import _OTEL_ENV
 
@@ -37,8 +37,8 @@ class Run:
     spans: list[ReadableSpan]
 
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        conn = sqlite3.connect(self.result.store)
-        conn.row_factory = sqlite3.Row
+        conn = rawdb.connect(self.result.store)
+        conn.row_factory = rawdb.Row
         try:
             return [dict(r) for r in conn.execute(sql, params)]
         finally:
@@ -219,7 +219,10 @@ def test_swallowed_enqueue_failure_is_on_record_and_nothing_was_sent(run: Run) -
     assert "not JSON serializable" in enq["error_text"]
     (ai,) = run.rows("SELECT * FROM ai_runs WHERE inbound_id = ?", (inbound_id,))
     assert (ai["reply_produced"], ai["trace_id"]) == (1, enq["trace_id"])
-    assert run.rows("SELECT * FROM attempts WHERE trace_id = ?", (enq["trace_id"],)) == []
+    # The trace is in the store (the same id finds its enqueue), with no attempt.
+    assert run.rows("SELECT 1 FROM enqueues WHERE trace_id = packed_id(?)", (enq["trace_id"],))
+    assert run.rows(
+        "SELECT * FROM attempts WHERE trace_id = packed_id(?)", (enq["trace_id"],)) == []
 
 
 def test_crash_leaves_one_interrupted_attempt_and_the_restart_delivers_it(run: Run) -> None:
@@ -320,7 +323,7 @@ def test_command_runs_the_demo_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert f"store: {store}" in proc.stdout
     assert "Dig further" in proc.stdout
-    conn = sqlite3.connect(store)
+    conn = rawdb.connect(store)
     try:
         (n,) = conn.execute("SELECT COUNT(*) FROM inbound_messages").fetchone()
     finally:

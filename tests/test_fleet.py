@@ -34,6 +34,7 @@ import local_store
 import otel_delivery
 from otel_delivery import _attributes as A
 from otel_delivery import arg
+from tests import rawdb
 
 from .fleet_procs import (
     CONFIG_DIR,
@@ -81,8 +82,8 @@ class Traffic:
     spans_emitted: int = 0
 
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        conn = sqlite3.connect(self.store)
-        conn.row_factory = sqlite3.Row
+        conn = rawdb.connect(self.store)
+        conn.row_factory = rawdb.Row
         try:
             return list(conn.execute(sql, params))
         finally:
@@ -98,9 +99,9 @@ class Traffic:
         ids: set[str] = set()
         for table in ("inbound_messages", "ai_runs", "enqueues"):
             ids |= {r["span_id"] for r in self.rows(
-                f"SELECT span_id FROM {table} WHERE trace_id = ?", (trace_id,))}
+                f"SELECT span_id FROM {table} WHERE trace_id = packed_id(?)", (trace_id,))}
         ids |= {r["span_id"] for r in self.rows(
-            "SELECT span_id FROM attempts WHERE trace_id = ? AND status != 'started'",
+            "SELECT span_id FROM attempts WHERE trace_id = packed_id(?) AND status != 'started'",
             (trace_id,))}
         return ids
 
@@ -365,7 +366,7 @@ def test_every_failure_trace_is_found_by_the_documented_searches_with_all_its_sp
         ids = [s["spanID"] for s in spans]
         assert len(ids) == len(set(ids)), trace_id
         attempts = {r["span_id"] for r in traffic.rows(
-            "SELECT span_id FROM attempts WHERE trace_id = ?", (trace_id,))}
+            "SELECT span_id FROM attempts WHERE trace_id = packed_id(?)", (trace_id,))}
         assert attempts <= set(ids)
         attempts_found += len(attempts)
 
@@ -518,7 +519,7 @@ def test_a_failure_after_a_not_sampled_decision_still_reaches_jaeger(tmp_path: P
                 receive()
                 received_at = time.monotonic()
                 assert handle.force_flush(timeout_seconds=10)
-                conn = sqlite3.connect(tmp_path / "d.db")
+                conn = rawdb.connect(tmp_path / "d.db")
                 ((trace_id,),) = conn.execute("SELECT trace_id FROM inbound_messages").fetchall()
                 conn.close()
                 # The healthy trace is decided "not sampled" and stays in the buffer.
@@ -623,7 +624,7 @@ def test_spans_sent_during_a_restart_are_counted_and_never_block(
                          timeout_seconds=30, what="the restarted collector's counts")
     arrived = sum(deliver_counts(after, "restart-gw").values())
     dropped = stats.get("otlp_export_failed", 0) + stats.get("otlp_queue_full", 0)
-    conn = sqlite3.connect(tmp_path / "d.db")
+    conn = rawdb.connect(tmp_path / "d.db")
     (rows,) = conn.execute("SELECT COUNT(*) FROM attempts WHERE status != 'started'").fetchone()
     (drops,) = conn.execute("SELECT COALESCE(SUM(count), 0) FROM drops WHERE reason LIKE "
                             "'otlp_%'").fetchone()
@@ -683,7 +684,7 @@ def test_a_burst_beyond_the_memory_limiter_is_refused_and_counted(
     refused = metric_sum(telemetry, "otelcol_receiver_refused_spans")
     accepted = metric_sum(telemetry, "otelcol_receiver_accepted_spans")
     dropped = stats.get("otlp_export_failed", 0) + stats.get("otlp_queue_full", 0)
-    conn = sqlite3.connect(tmp_path / "d.db")
+    conn = rawdb.connect(tmp_path / "d.db")
     (rows,) = conn.execute("SELECT COUNT(*) FROM attempts WHERE status = 'delivered'").fetchone()
     conn.close()
     heap = metric_sum(telemetry, "otelcol_process_runtime_heap_alloc_bytes") / 2**20

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 
 from local_store import StoreWriter, open_store
+from tests import rawdb
 
 FORKS = 200
 CHILD_TIMEOUT_SECONDS = 15.0
@@ -96,7 +96,7 @@ def test_children_forked_while_threads_send_never_hang(tmp_path: Path) -> None:
     assert hangs == 0, f"{hangs} of {FORKS} children hung"
     assert failures == []
     open_store(w.path).close()  # replays the journals the children left
-    with sqlite3.connect(w.path) as conn:
+    with rawdb.connect(w.path) as conn:
         (children,) = conn.execute(
             "SELECT COUNT(*) FROM attempts WHERE span_id LIKE 'child%' AND status = 'delivered'"
         ).fetchone()

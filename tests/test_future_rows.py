@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import local_store
 from local_store import StoreWriter, open_store
 from local_store._values import FUTURE_TOLERANCE_MS
 from otel_delivery.cli import main
+from tests import rawdb
 
 YEAR_MS = 365 * 24 * 3600 * 1000
 
@@ -26,7 +26,7 @@ def attempt(n: int, started: int, **extra: object) -> dict[str, object]:
 
 
 def drops(store: Path) -> dict[str, int]:
-    with sqlite3.connect(store) as conn:
+    with rawdb.connect(store) as conn:
         return dict(conn.execute("SELECT reason, count FROM drops"))
 
 
@@ -37,7 +37,7 @@ def test_the_writer_sets_a_time_far_ahead_back_to_its_clock(tmp_path: Path) -> N
     w.end_attempt(attempt(1, t + YEAR_MS, status="failed", ended_at_ms=t + YEAR_MS + 5))
     w.start_attempt(attempt(2, t + FUTURE_TOLERANCE_MS // 2))  # within the tolerance
     assert w.close()
-    with sqlite3.connect(w.path) as conn:
+    with rawdb.connect(w.path) as conn:
         rows = dict(conn.execute("SELECT delivery_id, started_at_ms FROM attempts"))
         (ended,) = conn.execute(
             "SELECT ended_at_ms FROM attempts WHERE delivery_id = 'd-1'").fetchone()
@@ -52,7 +52,7 @@ def _store_with_rows_from_a_clock_that_jumped(path: Path) -> int:
     w = StoreWriter(path)
     w.close()
     ahead = now_ms() + YEAR_MS
-    with sqlite3.connect(path) as conn:
+    with rawdb.connect(path) as conn:
         conn.execute(
             "INSERT INTO attempts (delivery_id, attempt, trace_id, span_id, channel, status, "
             "final, started_at_ms, ended_at_ms) VALUES ('d-f', 1, 't', 's', 'telegram', "
@@ -66,19 +66,19 @@ def _store_with_rows_from_a_clock_that_jumped(path: Path) -> int:
 def test_rows_dated_ahead_fail_health_until_prune_sets_them_back(tmp_path: Path) -> None:
     store = tmp_path / "d.db"
     _store_with_rows_from_a_clock_that_jumped(store)
-    before = [r[0] for r in sqlite3.connect(store).execute("SELECT started_at_ms FROM attempts")]
+    before = [r[0] for r in rawdb.connect(store).execute("SELECT started_at_ms FROM attempts")]
 
     result = CliRunner().invoke(main, ["health", "--store", str(store)])
     assert result.exit_code == 1
     assert "2 rows dated more than 5 minutes after now" in result.output
     # Reading does not rewrite times (a machine whose clock is behind would rewrite all).
-    after = [r[0] for r in sqlite3.connect(store).execute("SELECT started_at_ms FROM attempts")]
+    after = [r[0] for r in rawdb.connect(store).execute("SELECT started_at_ms FROM attempts")]
     assert after == before
 
     result = CliRunner().invoke(main, ["prune", "--older-than", "30d", "--keep-failed-for",
                                        "90d", "--store", str(store)])
     assert result.exit_code == 0, result.output
-    with sqlite3.connect(store) as conn:
+    with rawdb.connect(store) as conn:
         (started,) = conn.execute("SELECT started_at_ms FROM attempts").fetchone()
         (received,) = conn.execute("SELECT received_at_ms FROM inbound_messages").fetchone()
     assert started <= now_ms() and received <= now_ms()

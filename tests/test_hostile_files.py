@@ -9,7 +9,6 @@ create is private whatever the umask.
 from __future__ import annotations
 
 import os
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from click.testing import CliRunner
 from local_store import StoreCorruptError, StoreWriter, open_store
 from local_store._journal import HEADER, journal_files
 from otel_delivery.cli import main
+from tests import rawdb
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def test_files_named_like_journals_but_not_ours_are_left_alone(store: Path) -> N
         CliRunner().invoke(main, [*command, "--store", str(store)])
     for path in others:
         assert path.read_bytes() == contents
-    with sqlite3.connect(store) as conn:
+    with rawdb.connect(store) as conn:
         assert conn.execute("SELECT COUNT(*) FROM attempts").fetchone() == (0,)
 
 
@@ -99,7 +99,7 @@ def test_an_oversized_journal_is_read_only_up_to_its_bound(store: Path) -> None:
     result = cli("upgrade", "--store", store, timeout=60)
     assert result.returncode == 0, result.stderr
     assert not big.exists()  # ours (the header says so): read up to the bound, then gone
-    with sqlite3.connect(store) as conn:
+    with rawdb.connect(store) as conn:
         (n,) = conn.execute(
             "SELECT count FROM drops WHERE reason = 'bad_journal_line'").fetchone()
     assert n >= 1
@@ -142,7 +142,7 @@ def test_a_symlink_to_an_existing_file_that_is_not_a_store_is_refused(tmp_path: 
 
 def test_a_symlink_to_an_empty_sqlite_database_is_refused(tmp_path: Path) -> None:
     other = tmp_path / "theirs.db"
-    sqlite3.connect(other).execute("VACUUM")  # a valid SQLite file with no tables
+    rawdb.connect(other).execute("VACUUM")  # a valid SQLite file with no tables
     other.chmod(0o644)
     before = other.read_bytes()
     link = tmp_path / "d.db"
@@ -160,7 +160,7 @@ def test_a_symlink_to_an_existing_store_is_followed(store: Path, tmp_path: Path)
     assert w.start_attempt({"delivery_id": "d", "trace_id": "t", "span_id": "s",
                             "started_at_ms": 1}) == 1
     assert w.close()
-    with sqlite3.connect(store) as conn:
+    with rawdb.connect(store) as conn:
         assert conn.execute("SELECT delivery_id FROM attempts").fetchall() == [("d",)]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from local_store._journal import HEADER, journal_files
 from local_store._replay import quarantine_path, replay_orphans
 from local_store._values import INT64_MAX, clean_row
 from otel_delivery.cli import main
+from tests import rawdb
 
 
 def attempt(n: int, **extra: Any) -> dict[str, Any]:
@@ -37,12 +37,12 @@ def attempt(n: int, **extra: Any) -> dict[str, Any]:
 
 
 def drops(store: Path) -> dict[str, int]:
-    with sqlite3.connect(store) as conn:
+    with rawdb.connect(store) as conn:
         return dict(conn.execute("SELECT reason, count FROM drops"))
 
 
 def delivery_ids(store: Path) -> set[str]:
-    with sqlite3.connect(store) as conn:
+    with rawdb.connect(store) as conn:
         return {r[0] for r in conn.execute("SELECT delivery_id FROM attempts")}
 
 
@@ -85,7 +85,7 @@ def test_bad_lines_are_set_aside_and_the_good_ones_replayed(tmp_path: Path) -> N
     db.close()
     assert not journal.exists()
     assert delivery_ids(store) == {"d-1", "d-2", "d-3", "d-4"}
-    with sqlite3.connect(store) as conn:
+    with rawdb.connect(store) as conn:
         row = conn.execute("SELECT attempt, max_attempts, error_text, recipient "
                            "FROM attempts WHERE delivery_id = 'd-4'").fetchone()
     assert row == (1, None, '["a", "list"]', None)
@@ -142,7 +142,7 @@ def test_any_journal_replays_to_the_end(rows: list[dict[str, Any]], junk: list[b
 def test_clean_row_leaves_only_values_sqlite_binds(value: Any, column: str) -> None:
     row = attempt(1, **{column: value})
     clean_row("attempts", row, now_ms=10**13)
-    conn = sqlite3.connect(":memory:")
+    conn = rawdb.connect(":memory:")
     conn.execute("SELECT ?", (row[column],))  # never raises
     if column in ("attempt", "max_attempts") and row[column] is not None:
         assert 1 <= row[column] <= INT64_MAX
@@ -157,7 +157,7 @@ def test_a_bad_attempt_number_loses_only_the_number(tmp_path: Path, bad: Any) ->
         assert w.start_attempt(attempt(1, attempt=bad)) == 1  # derived instead
         w.end_attempt(attempt(1, attempt=bad, status="delivered", ended_at_ms=2_000))
         assert w.flush()
-        with sqlite3.connect(w.path) as conn:
+        with rawdb.connect(w.path) as conn:
             assert conn.execute("SELECT attempt, status FROM attempts").fetchall() == [
                 (1, "delivered")
             ]
@@ -205,7 +205,7 @@ def test_list_valued_attributes_and_a_sigkill_leave_the_store_usable(tmp_path: P
             # readers never write: they say the stopped writer's rows are not in yet
             assert "1 journal file of stopped writers" in result.stderr, command
     assert journal_files(store) == []  # `upgrade` committed them
-    with sqlite3.connect(store) as conn:
+    with rawdb.connect(store) as conn:
         assert conn.execute(
             "SELECT delivery_id, attempt, max_attempts, provider_message_id, status FROM attempts"
         ).fetchall() == [("dlv-list", 1, None, '["a", "list"]', "delivered")]
@@ -267,7 +267,7 @@ def test_a_decorated_send_with_a_bad_attempt_number_keeps_its_row(
         assert handle.force_flush()
     finally:
         handle.shutdown()
-    with sqlite3.connect(store) as conn:
+    with rawdb.connect(store) as conn:
         assert conn.execute(
             "SELECT attempt, status FROM attempts ORDER BY attempt"
         ).fetchall() == [(1, "delivered"), (2, "delivered")]

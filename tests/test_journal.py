@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import signal
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 from local_store import StoreWriter, open_store
 from local_store._journal import HEADER, Journal, journal_files
 from local_store._replay import replay_orphans
+from tests import rawdb
 
 
 def attempt(n: int, **extra: Any) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def attempt(n: int, **extra: Any) -> dict[str, Any]:
 
 
 def statuses(path: Path) -> dict[str, str]:
-    with sqlite3.connect(path) as conn:
+    with rawdb.connect(path) as conn:
         return dict(conn.execute("SELECT delivery_id, status FROM attempts"))
 
 
@@ -131,7 +131,7 @@ def test_rows_the_journal_cannot_take_are_still_committed_and_counted(
     finally:
         w.close()
     # Not lost, so not in the drops table that `health` reports.
-    with sqlite3.connect(tmp_path / "d.db") as conn:
+    with rawdb.connect(tmp_path / "d.db") as conn:
         assert conn.execute("SELECT COUNT(*) FROM inbound_messages").fetchone() == (1,)
         assert conn.execute("SELECT COUNT(*) FROM drops").fetchone() == (0,)
 
@@ -141,7 +141,7 @@ def test_rows_the_journal_cannot_take_and_close_cannot_commit_are_lost_and_count
 ) -> None:
     monkeypatch.setattr(Journal, "append", lambda self, kind, row: None)
     w = StoreWriter(tmp_path / "d.db", flush_interval_seconds=3600)
-    other = sqlite3.connect(w.path, isolation_level=None)
+    other = rawdb.connect(w.path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # the store stays locked past close()
     try:
         w.start_attempt(attempt(1))
@@ -205,7 +205,7 @@ def test_a_backlog_wakes_the_indexer_and_paces_the_caller_instead_of_dropping(
 def test_rows_the_full_queue_drops_do_not_pin_the_journal(tmp_path: Path) -> None:
     w = StoreWriter(tmp_path / "d.db", max_queue=5, flush_interval_seconds=3600,
                     hot_path_timeout_seconds=0.01)
-    other = sqlite3.connect(w.path, isolation_level=None)
+    other = rawdb.connect(w.path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another process holds the store: rows wait
     try:
         w._parts.indexer.batch_rows = 10**9
@@ -244,7 +244,7 @@ def test_attempt_numbers_count_rows_not_yet_committed(tmp_path: Path) -> None:
         assert w._parts.numbers._pending == {}
     finally:
         w.close()
-    with sqlite3.connect(store) as conn:
+    with rawdb.connect(store) as conn:
         assert [n for (n,) in conn.execute(
             "SELECT attempt FROM attempts ORDER BY started_at_ms, id")] == [1, 2, 3, 4]
 
@@ -268,7 +268,7 @@ def test_a_start_and_its_outcome_committed_together_make_the_same_row_and_rollup
             assert w.flush()
         finally:
             w.close()
-        with sqlite3.connect(path) as conn:
+        with rawdb.connect(path) as conn:
             return {
                 table: conn.execute(f"SELECT {cols} FROM {table} ORDER BY 1, 2, 3").fetchall()
                 for table, cols in (

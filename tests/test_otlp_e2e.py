@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import socket
-import sqlite3
 import subprocess
 import time
 import urllib.request
@@ -29,6 +28,7 @@ import otel_delivery
 from otel_delivery import _attributes as A
 from otel_delivery import arg
 from otel_delivery.demo import run_demo
+from tests import rawdb
 
 from .otlp_receiver import DecodedSpan, OtlpReceiver, free_port, otlp_receiver
 
@@ -48,8 +48,8 @@ def _endpoint(rx: OtlpReceiver, protocol: str) -> str:
 
 
 def _rows(store: Path, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(store)
-    conn.row_factory = sqlite3.Row
+    conn = rawdb.connect(store)
+    conn.row_factory = rawdb.Row
     try:
         return [dict(r) for r in conn.execute(sql, params)]
     finally:

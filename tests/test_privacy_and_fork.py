@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sqlite3
 import stat
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import pytest
 
 import otel_delivery
 from otel_delivery import arg
+from tests import rawdb
 
 from .conftest import make_traced
 
@@ -99,7 +99,7 @@ def test_forked_workers_write_their_own_rows(tmp_path: Path) -> None:
             assert c.exitcode == 0
         parent_send()  # and keeps using them after
         t.flush()
-        conn = sqlite3.connect(store)
+        conn = rawdb.connect(store)
         by_child = conn.execute(
             "SELECT COUNT(*) FROM inbound_messages GROUP BY substr(inbound_id, 1, "
             "instr(inbound_id, '-') - 1)"

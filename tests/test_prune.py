@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from local_store import (
     readonly_query,
     trace_story,
 )
+from tests import rawdb
 from tests.store_builder import DAY_MINUTES, StoreBuilder
 
 DAY = 86400
@@ -39,7 +39,7 @@ def opened(b: StoreBuilder) -> sqlite_utils.Database:
 
 
 def count(path: Path, table: str, where: str = "1") -> int:
-    conn = sqlite3.connect(path)
+    conn = rawdb.connect(path)
     try:
         return int(conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {where}").fetchone()[0])
     finally:
@@ -47,7 +47,7 @@ def count(path: Path, table: str, where: str = "1") -> int:
 
 
 def delivery_ids(path: Path) -> set[str]:
-    conn = sqlite3.connect(path)
+    conn = rawdb.connect(path)
     try:
         return {r[0] for r in conn.execute("SELECT DISTINCT delivery_id FROM attempts")}
     finally:
@@ -55,7 +55,7 @@ def delivery_ids(path: Path) -> set[str]:
 
 
 def traces(path: Path, table: str) -> set[str]:
-    conn = sqlite3.connect(path)
+    conn = rawdb.connect(path)
     try:
         return {r[0] for r in conn.execute(f"SELECT trace_id FROM {table}")}
     finally:

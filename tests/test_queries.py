@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -34,6 +33,7 @@ from local_store import (
     trace_story,
     undelivered,
 )
+from tests import rawdb
 from tests.store_builder import DAY_MINUTES, PLAN_OUTCOME, PLANS, READ_STATUS, StoreBuilder
 
 WEEK = 7 * 86400
@@ -501,7 +501,7 @@ def _crash_mid_send(path: Path, started_at_ms: int) -> int:
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     assert child.returncode == 0, child.stderr
-    (pid,) = sqlite3.connect(path).execute(
+    (pid,) = rawdb.connect(path).execute(
         "SELECT pid FROM writers WHERE service = 'crashing-gateway'"
     ).fetchone()
     return int(pid)
@@ -639,7 +639,7 @@ def test_readonly_query_refuses_anything_but_reading(
     with pytest.raises(QueryRefusedError) as err:
         readonly_query(builder.path, sql)
     assert refused in str(err.value)
-    (n,) = sqlite3.connect(builder.path).execute("SELECT COUNT(*) FROM attempts").fetchone()
+    (n,) = rawdb.connect(builder.path).execute("SELECT COUNT(*) FROM attempts").fetchone()
     assert n == 1
 
 
@@ -651,14 +651,14 @@ def test_readonly_query_on_a_missing_or_foreign_file(tmp_path: Path) -> None:
     with pytest.raises(StoreCorruptError):
         readonly_query(garbage, "SELECT 1")
     other = tmp_path / "other.db"
-    sqlite3.connect(other).execute("CREATE TABLE t (a)").connection.commit()
+    rawdb.connect(other).execute("CREATE TABLE t (a)").connection.commit()
     with pytest.raises(StoreCorruptError, match="not an otel-delivery store"):
         readonly_query(other, "SELECT 1")
 
 
 def test_readonly_query_refuses_a_newer_schema(builder: StoreBuilder) -> None:
     builder.flush()
-    conn = sqlite3.connect(builder.path)
+    conn = rawdb.connect(builder.path)
     conn.execute(
         "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
         "VALUES ('otel_delivery', 'm999_from_the_future', '2099-01-01')"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 
 from otel_delivery.recipes import DurableQueue
+from tests import rawdb
 
 from .chat_stubs import HANG, SLACK_RATELIMITED, SLACK_SENT, SlackStub
 
@@ -50,8 +50,8 @@ def run_life(cmd: list[str]) -> dict[str, Any]:
 
 
 def rows(db: Path, sql: str) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
+    conn = rawdb.connect(db)
+    conn.row_factory = rawdb.Row
     try:
         return [dict(r) for r in conn.execute(sql)]
     finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -23,6 +22,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 import otel_delivery
 from otel_delivery import arg
+from tests import rawdb
 
 # The documented bound on any one wrapped call's extra wait (docs/guarantees.md).
 HOT_PATH_BOUND_SECONDS = 0.1
@@ -48,7 +48,7 @@ def burst(start: int, calls: int = CALLS) -> float:
 
 
 def attempts_in(store: Path) -> set[str]:
-    conn = sqlite3.connect(store)
+    conn = rawdb.connect(store)
     try:
         rows = conn.execute("SELECT delivery_id, status FROM attempts").fetchall()
     finally:
@@ -202,7 +202,7 @@ def test_corrupt_store_is_moved_aside_and_a_new_one_started(tmp_path: Path, when
         aside = [p.name for p in store.parent.iterdir() if ".corrupt-" in p.name]
         assert any(name.endswith(tuple("0123456789")) for name in aside), aside
         assert otel.stats()["store.store_moved_aside"] == 1
-        conn = sqlite3.connect(store)
+        conn = rawdb.connect(store)
         reasons = dict(conn.execute("SELECT reason, count FROM drops"))
         conn.close()
         assert reasons["store_moved_aside"] == 1

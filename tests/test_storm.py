@@ -16,7 +16,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -27,6 +26,7 @@ import pytest
 
 from local_store import open_store
 from local_store._journal import journal_files
+from tests import rawdb
 
 TRIALS = int(os.environ.get("OTEL_DELIVERY_STORM_TRIALS", "4"))
 
@@ -131,7 +131,7 @@ def _events(work: Path) -> tuple[dict[tuple[str, int], int], dict[str, list[str]
 
 
 def _rows(store: Path) -> list[tuple[str, int, str, str]]:
-    conn = sqlite3.connect(store)
+    conn = rawdb.connect(store)
     try:
         return [
             (r[0], int(r[1]), str(r[2]), str(r[3]))

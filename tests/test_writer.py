@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import pytest
 from local_store import StoreWriter, open_store
 from local_store import _indexer as I
 from local_store._journal import HEADER, journal_files
+from tests import rawdb
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def attempt(n: int) -> dict[str, Any]:
 
 
 def count(path: Path, sql: str) -> int:
-    with sqlite3.connect(path) as conn:
+    with rawdb.connect(path) as conn:
         return int(conn.execute(sql).fetchone()[0])
 
 
@@ -126,7 +126,7 @@ def test_a_producer_that_outruns_the_store_is_slowed_not_dropped(tmp_path: Path)
 
 def test_a_stuck_store_costs_one_paced_wait_then_the_queue_bound(tmp_path: Path) -> None:
     writer = StoreWriter(tmp_path / "store.db", max_queue=100, hot_path_timeout_seconds=0.05)
-    other = sqlite3.connect(writer.path, isolation_level=None)
+    other = rawdb.connect(writer.path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another process holds the store for long
     try:
         t0 = time.monotonic()
@@ -191,7 +191,7 @@ def test_callers_never_wait_while_another_process_holds_the_store(
 ) -> None:
     writer.start_attempt(attempt(1))  # the store exists and is registered
     assert writer.flush()
-    other = sqlite3.connect(writer.path, isolation_level=None)
+    other = rawdb.connect(writer.path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another process takes the write lock
     try:
         waits = []

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from local_store import compact, open_store, prune
+from tests import rawdb
 
 from .timing import Result
 
@@ -45,7 +46,7 @@ def child_env() -> dict[str, str]:
 
 def store_size(path: Path) -> dict[str, int]:
     """File size with the WAL folded in, and the page counts."""
-    conn = sqlite3.connect(path, timeout=30)
+    conn = rawdb.connect(path, timeout=30)
     try:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
@@ -74,7 +75,7 @@ def page_breakdown(path: Path) -> dict[str, dict[str, float]]:
     Shows where space stays after a prune: a table or time-ordered index loses whole
     pages, a random-key index only gets sparser.
     """
-    conn = sqlite3.connect(path, timeout=30)
+    conn = rawdb.connect(path, timeout=30)
     try:
         rows = conn.execute(
             "SELECT name, COUNT(*), SUM(CASE WHEN pagetype = 'leaf' THEN pgsize - unused END),"

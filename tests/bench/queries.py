@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import sqlite3
 import time
 import uuid
 from collections import Counter
@@ -25,6 +24,7 @@ from typing import Any
 
 import local_store
 from local_store import open_store
+from tests import rawdb
 
 from .timing import Result, alternate, ratio_stats
 from .traffic import CHANNELS, DAY_MS
@@ -116,7 +116,7 @@ def _cli_like(store: Path, fn: Callable[[Any], Any], budget_seconds: float) -> C
 
 def pick_inbound_ids(store: Path, k: int, seed: int = 3) -> list[str]:
     """Inbound ids spread over the store, a third of them from traces with a failure."""
-    conn = sqlite3.connect(store)
+    conn = rawdb.connect(store)
     try:
         (lo, hi) = conn.execute("SELECT MIN(id), MAX(id) FROM inbound_messages").fetchone()
         rng = random.Random(seed)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from local_store import SCHEMA_VERSION, StoreVersionError, open_store
+from local_store import SCHEMA_VERSION, StoreUpgradeNeededError, StoreVersionError, open_store
 from local_store._schema import schema_version
 
 from .timing import Result
@@ -76,18 +76,16 @@ def build_store(
     marker = path.with_suffix(".json")
     if marker.exists() and path.exists():
         info = json.loads(marker.read_text())
-        # A store cached by an older schema is upgraded here, as a gateway's writer would
-        # upgrade it, and the time that takes is reported; never measured un-migrated.
-        # One from before the baseline schema has no upgrade: it is built again.
+        # A store cached by an older schema is built again: an upgrade leaves the old
+        # rows' layout in the file, and the sizes measured must be a new store's.
         try:
-            migrated = _upgrade(path)
-        except StoreVersionError as exc:
-            log(f"  cached {path.name} cannot be used ({exc}): building it again")
-        else:
-            if migrated is not None:
-                info["migrations"] = [*info.get("migrations", []), migrated]
-                marker.write_text(json.dumps(info))
-            return path, int(info["end_ms"]), {**info, "cached": True, "migrated": migrated}
+            current = _schema_of(path) >= SCHEMA_VERSION
+            why = "has an older schema"
+        except (StoreVersionError, StoreUpgradeNeededError) as exc:
+            current, why = False, f"cannot be used ({exc})"
+        if current:
+            return path, int(info["end_ms"]), {**info, "cached": True}
+        log(f"  cached {path.name} {why}: building it again")
     for suffix in ("", "-wal", "-shm"):
         Path(str(path) + suffix).unlink(missing_ok=True)
     end_ms = time.time_ns() // 1_000_000
@@ -101,22 +99,13 @@ def build_store(
     return path, end_ms, {**info, "cached": False}
 
 
-def _upgrade(path: Path) -> dict[str, Any] | None:
-    """Bring a cached store to this code's schema; None when it already is."""
+def _schema_of(path: Path) -> int:
+    """The schema version of a cached store."""
     db = open_store(path, readonly=True)
     try:
-        before = schema_version(db)
+        return schema_version(db)
     finally:
         db.close()
-    if before >= SCHEMA_VERSION:
-        return None
-    log(f"  upgrading {path.name} from schema {before} to {SCHEMA_VERSION} ...")
-    t0 = time.monotonic()
-    open_store(path).close()
-    seconds = round(time.monotonic() - t0, 1)
-    log(f"  upgraded in {seconds:.0f} s")
-    return {"from": before, "to": SCHEMA_VERSION, "seconds": seconds,
-            "bytes_after": path.stat().st_size}
 
 
 def _copy_store(src: Path, dst: Path) -> Path:
@@ -212,8 +201,6 @@ def run(
             stores[n] = (path, end_ms)
             doc["extra"][f"store {n}"] = info
             doc["timings_seconds"][f"build store {n}"] = 0.0 if info["cached"] else info["seconds"]
-            if info.get("migrated"):
-                doc["timings_seconds"][f"upgrade store {n}"] = info["migrated"]["seconds"]
             log(f"  {path.stat().st_size / 1e6:,.0f} MB, built in {info['seconds']:.0f} s"
                 + (" (cached from an earlier run)" if info["cached"] else ""))
     if "4" in only:

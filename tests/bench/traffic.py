@@ -40,6 +40,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 import otel_delivery
 from local_store import open_store
+from local_store._ids import ID_COLUMNS, pack
 from local_store._verdicts import refresh_verdicts
 from local_store._writer import TABLE_COLUMNS
 from otel_delivery import arg
@@ -374,7 +375,10 @@ class BulkWriter:
         for n, m in enumerate(source, start=1):
             for table, rows in rows_of(m, service=self.service, writer_id=self.writer_id).items():
                 cols = TABLE_COLUMNS[table]
-                batch[table].extend(tuple(map(row.get, cols)) for row in rows)
+                ids = ID_COLUMNS[table]
+                batch[table].extend(
+                    tuple(pack(row.get(c)) if c in ids else row.get(c) for c in cols)
+                    for row in rows)
             if n % self.batch_messages == 0:
                 self._flush(batch)
         self._flush(batch)
