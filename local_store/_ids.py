@@ -13,7 +13,10 @@ The conversion happens at the store's edges only:
   same inside SQL (for ids passed as a JSON array), on every connection
   ``_schema.connect`` opens;
 - every value read through such a connection comes back with ids as hex text
-  (:func:`unpack_row`, its row factory): the store holds no other BLOBs;
+  (:func:`unpack_row`, its row factory; a query that reads many rows shows its ids as
+  hex in SQL instead, through :func:`plain_cursor`): every BLOB read is shown as hex. The only
+  other BLOB the store holds, the rollups' ``x''`` for NULL, is decoded in SQL
+  (``_rollups.decode``) before it is read;
 - the ``v_*`` views show ids as hex text (:func:`hex_sql`) for people typing SQL.
 """
 
@@ -22,7 +25,9 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-__all__ = ["ID_COLUMNS", "hex_sql", "pack", "register", "unpack", "unpack_row"]
+__all__ = [
+    "ID_COLUMNS", "hex_sql", "pack", "plain_cursor", "register", "unpack", "unpack_row",
+]
 
 _HEX = frozenset("0123456789abcdef")
 
@@ -64,9 +69,8 @@ def unpack(value: Any) -> Any:
 
 def unpack_row(_cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> tuple[Any, ...]:
     """A row factory: every BLOB in ``row`` as hex text."""
-    for value in row:
-        if isinstance(value, bytes):
-            return tuple(v.hex() if isinstance(v, bytes) else v for v in row)
+    if bytes in map(type, row):
+        return tuple([v.hex() if type(v) is bytes else v for v in row])
     return row
 
 
@@ -79,6 +83,15 @@ def hex_sql(column: str) -> str:
     return (
         f"CASE WHEN typeof({column}) = 'blob' THEN lower(hex({column})) ELSE {column} END"
     )
+
+
+def plain_cursor(conn: sqlite3.Connection) -> sqlite3.Cursor:
+    """A cursor without the row factory, for a query that reads many rows and shows
+    its ids as hex itself (:func:`hex_sql`): the factory's call per row costs about a
+    third of ``undelivered``'s time on a 10M-attempt store."""
+    cur = conn.cursor()
+    cur.row_factory = None
+    return cur
 
 
 def register(conn: sqlite3.Connection) -> None:

@@ -6,8 +6,9 @@ more), and a function this list does not name is refused by name. Listed: SQLite
 core scalar and aggregate functions, window functions, date and time functions,
 JSON functions (and the ``->``/``->>`` operators, which are authorized as functions)
 and math functions, as documented at https://sqlite.org/lang_corefunc.html and the
-pages beside it. ``load_extension``, ``fts3_tokenizer``, ``sqlite_compileoption_*``,
-``sqlite_offset`` and anything else are not.
+pages beside it, and ``packed_id`` (ours, pure: an id in the tables' form).
+``load_extension``, ``fts3_tokenizer``, ``sqlite_compileoption_*``, ``sqlite_offset``
+and anything else are not.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ acos acosh asin asinh atan atan2 atanh ceil ceiling cos cosh degrees exp floor l
 log10 log2 mod pi pow power radians sin sinh sqrt tan tanh trunc
 """
 
+# Ours: an id as the tables keep it (local_store/_ids.py), to look one up.
+_OURS = "packed_id"
+
 ALLOWED_FUNCTIONS = frozenset(
-    " ".join((_CORE, _AGGREGATE, _WINDOW, _DATE, _JSON, _MATH)).split()
+    " ".join((_CORE, _AGGREGATE, _WINDOW, _DATE, _JSON, _MATH, _OURS)).split()
 )

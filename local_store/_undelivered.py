@@ -15,6 +15,7 @@ from typing import Any
 import sqlite_utils
 
 from ._arguments import check_seconds, resolve_now, window_start
+from ._ids import hex_sql, plain_cursor
 from ._outcome import DEFAULT_RETRY_WINDOW_SECONDS, liveness_params
 from ._reading import rows
 from ._receipts import failed_after_accept
@@ -114,11 +115,12 @@ def undelivered(
     not_delivered = "r.reply_pending = 1"
     # A trace's kept verdict, unless it waits to be judged again (or its verdict
     # depends on liveness: reason NULL).
-    verdict = """r.verdict_reason, r.verdict_delivery_id, r.verdict_attempts,
+    verdict = f"""r.verdict_reason, {hex_sql("r.verdict_delivery_id")}, r.verdict_attempts,
         r.verdict_error_type, r.verdict_error_text, r.verdict_reason IS NULL
         OR EXISTS (SELECT 1 FROM traces_to_judge j WHERE j.trace_id = r.trace_id)"""
-    runs = db.execute(
-        f"""SELECT r.trace_id, r.inbound_id, r.channel,
+    # Thousands of rows at 10M attempts: ids shown as hex here, no row factory.
+    runs = plain_cursor(db.conn).execute(
+        f"""SELECT {hex_sql("r.trace_id")}, r.inbound_id, r.channel,
                   COALESCE(r.ended_at_ms, r.started_at_ms) AS at_ms, {verdict}
         FROM ai_runs r
         WHERE r.started_at_ms >= :since AND {not_delivered}

@@ -190,6 +190,19 @@ def test_query(store: Path) -> None:
     assert data == {"columns": ["delivery_id"], "rows": [["d-blocked"]]}
 
 
+def test_query_shows_ids_as_hex_and_finds_one_with_packed_id(store: Path) -> None:
+    shown = run_json("query", "--store", store,
+                     "SELECT trace_id, typeof(trace_id) FROM attempts ORDER BY id LIMIT 1")
+    ((trace_id, kind),) = shown["rows"]
+    assert kind == "blob" and len(trace_id) == 32 and int(trace_id, 16) >= 0
+    for sql in ("SELECT COUNT(*) FROM attempts WHERE trace_id = packed_id(?)",
+                "SELECT COUNT(*) FROM v_attempts WHERE trace_id = ?"):
+        found = run_json("query", "--store", store, sql, "-p", trace_id)
+        assert found["rows"][0][0] >= 1, sql
+    assert run_json("query", "--store", store, "SELECT COUNT(*) FROM attempts "
+                    "WHERE trace_id = ?", "-p", trace_id)["rows"] == [[0]]  # bytes, not text
+
+
 def test_store_comes_from_the_environment(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
