@@ -87,8 +87,8 @@ def hex_sql(column: str) -> str:
 
 def plain_cursor(conn: sqlite3.Connection) -> sqlite3.Cursor:
     """A cursor without the row factory, for a query that reads many rows and shows
-    its ids as hex itself (:func:`hex_sql`): the factory's call per row costs about a
-    third of ``undelivered``'s time on a 10M-attempt store."""
+    its ids as hex itself (:func:`hex_sql`): the factory's call per row costs
+    ``undelivered`` about 3 ms of its 45 for the 6 000 runs of a 10M-attempt store."""
     cur = conn.cursor()
     cur.row_factory = None
     return cur
