@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import otel_delivery
+from local_store._ids import pack
 
 from ._crash import COMMITTED
 from .channels import SentMessage
@@ -36,7 +37,7 @@ class _SendThatHangs:
         try:
             row = conn.execute(
                 "SELECT 1 FROM attempts WHERE delivery_id = ? AND status = 'started'",
-                (client_ref,),
+                (pack(client_ref),),  # as the store keeps ids
             ).fetchone()
         finally:
             conn.close()
