@@ -12,10 +12,10 @@ The conversion happens at the store's edges only:
   row written, the queries for every id they look up), and ``packed_id()`` does the
   same inside SQL (for ids passed as a JSON array), on every connection
   ``_schema.connect`` opens;
-- every value read through such a connection comes back with ids as hex text
-  (:func:`unpack_row`, its row factory; a query that reads many rows shows its ids as
-  hex in SQL instead, through :func:`plain_cursor`): every BLOB read is shown as hex. The only
-  other BLOB the store holds, the rollups' ``x''`` for NULL, is decoded in SQL
+- every value read through such a connection comes back with each BLOB as hex text
+  (:func:`unpack_row`, its row factory); a query that reads many rows shows its ids
+  as hex in SQL instead (:func:`hex_sql`, :func:`plain_cursor`). The only BLOB the
+  store holds besides ids, the rollups' ``x''`` for NULL, is decoded in SQL
   (``_rollups.decode``) before it is read;
 - the ``v_*`` views show ids as hex text (:func:`hex_sql`) for people typing SQL.
 """
@@ -26,7 +26,7 @@ import sqlite3
 from typing import Any
 
 __all__ = [
-    "ID_COLUMNS", "hex_sql", "pack", "plain_cursor", "register", "unpack", "unpack_row",
+    "ID_COLUMNS", "hex_sql", "pack", "plain_cursor", "register", "unpack_row",
 ]
 
 _HEX = frozenset("0123456789abcdef")
@@ -56,17 +56,6 @@ def pack(value: Any) -> Any:
     return value
 
 
-def unpack(value: Any) -> Any:
-    """An id as read: a BLOB as lowercase hex, anything else unchanged.
-
-    >>> unpack(b'\\x00\\xf1'), unpack("dlv-1")
-    ('00f1', 'dlv-1')
-    """
-    if isinstance(value, bytes):
-        return value.hex()
-    return value
-
-
 def unpack_row(_cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> tuple[Any, ...]:
     """A row factory: every BLOB in ``row`` as hex text."""
     if bytes in map(type, row):
@@ -75,7 +64,7 @@ def unpack_row(_cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> tuple[Any, ...]
 
 
 def hex_sql(column: str) -> str:
-    """SQL that shows ``column`` as an id as read (for the views).
+    """SQL that shows ``column`` as an id as read (the views; :func:`plain_cursor`).
 
     >>> hex_sql("a.trace_id")
     "CASE WHEN typeof(a.trace_id) = 'blob' THEN lower(hex(a.trace_id)) ELSE a.trace_id END"

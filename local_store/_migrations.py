@@ -21,7 +21,8 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from . import _pending, _rollups
-from ._ids import ID_COLUMNS, hex_sql, pack
+from ._ids import ID_COLUMNS, hex_sql
+from ._ids import register as register_ids
 from ._outcome import DELIVERIES_VIEW_SQL
 from ._receipts import RECEIPTS_SQL, RECEIPTS_VIEW_SQL
 
@@ -72,7 +73,7 @@ def m002_packed_ids(db: sqlite_utils.Database) -> None:
     failures only. The triggers are set aside while the ids change (an id
     changes form, not value, so nothing they keep changes) and put back as they were.
     The space the shorter ids free is given back by ``prune --compact``."""
-    db.conn.create_function("packed_id", 1, pack, deterministic=True)
+    register_ids(db.conn)  # packed_id(), should the connection not be one of ours
     _recreate_views(db)
     # Enqueues are read by status only for failures: an index of the failed ones.
     db.execute("DROP INDEX idx_enqueues_status")
